@@ -1,0 +1,65 @@
+"""`lga-export`: build, inspect, export and run LGA models.
+
+Thin commands: each parses its options, imports heavy modules inside the function, and
+calls one library function.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lga_export.cli.common import (CheckpointOption, PresetOption, SamCheckpointOption, TextModelOption,
+                                   ablation_overrides, quiet_libraries, user_errors)
+
+app = typer.Typer(
+    help="LGA (a text-guided adapter on SAM) from PyTorch to verified ONNX Runtime and TensorRT inference.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+@user_errors
+def info(
+    preset: Optional[str] = PresetOption,
+    checkpoint: Optional[Path] = CheckpointOption,
+    sam_checkpoint: Optional[Path] = SamCheckpointOption,
+    text_model: Optional[str] = TextModelOption,
+    num_ffms: Optional[int] = typer.Option(None, "--num-ffms", help="Number of FFMs (paper Table 4; default 4)."),
+    text_mlp: Optional[bool] = typer.Option(None, "--text-mlp/--no-text-mlp", help="FFM text MLP (Table 3)."),
+    vit_mlp: Optional[bool] = typer.Option(None, "--vit-mlp/--no-vit-mlp", help="FFM ViT MLP (Table 3)."),
+    learnable_query: bool = typer.Option(False, "--learnable-query", help="Replace the text by a learned query (Table 2)."),
+    train_all: bool = typer.Option(False, "--train-all", help="Train the ViT and text encoder too."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Show a model's configuration and trainable / frozen parameter counts per part.
+
+    Without --preset or --checkpoint this describes the embedded default model.
+    """
+    quiet_libraries()
+    from lga_export.loading import load_model
+    from lga_export.summary import model_summary, render_summary
+
+    overrides = ablation_overrides(text_model, num_ffms, text_mlp, vit_mlp, learnable_query, train_all)
+    model = load_model(preset, checkpoint, sam_checkpoint, overrides)
+    summary = model_summary(model)
+    typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))
+
+
+@app.command()
+@user_errors
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's outputs.")) -> None:
+    """The main job on the embedded default model: build it and print its summary."""
+    quiet_libraries()
+    from lga_export.loading import load_model
+    from lga_export.summary import model_summary, render_summary
+
+    model = load_model()
+    typer.echo(render_summary(model_summary(model)))
+
+
+if __name__ == "__main__":
+    app()

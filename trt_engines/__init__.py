@@ -1,0 +1,1 @@
+"""TensorRT engine building and running (installed as lga_export.trt_engines). TensorRT is imported lazily."""
