@@ -61,5 +61,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for t
     typer.echo(render_summary(model_summary(model)))
 
 
+# --- command registration: each command module adds its commands here, one line each ---
+
+
 if __name__ == "__main__":
     app()
