@@ -1,0 +1,135 @@
+"""Build one TensorRT engine per LGA graph from an ONNX export folder.
+
+Composes Polygraphy's lazy loaders (NetworkFromOnnxPath -> CreateConfig -> EngineBytesFromNetwork).
+Networks are strongly typed: FP32 engines come from the FP32 graphs, FP16 engines from the
+FP16 graphs, so the precision lives in the ONNX (TensorRT 11 has no BuilderFlag.FP16).
+Every file is written atomically and the manifest last, so an interrupted build leaves
+nothing that loads as an engine.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lga_export import __version__
+from lga_export.errors import LGAError
+from lga_export.export.specs import GraphSpec, graph_specs
+from lga_export.fileio import atomic_file, refuse_overwrite
+from lga_export.trt_engines.manifest import MANIFEST_VERSION, EngineFiles, write_json
+from lga_export.trt_engines.profiles import Profile, ProfileBounds, engine_profile, profile_to_json
+from lga_export.trt_engines.sources import export_config, onnx_digests, read_export_manifest, select_onnx
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    graph: str
+    precision: str
+    files: EngineFiles
+    seconds: float
+    precision_counts: dict[str, int]
+
+
+def precision_of(fp16: bool) -> str:
+    return "fp16" if fp16 else "fp32"
+
+
+def _build_bytes(onnx_path: Path, profile: Profile, workspace_gb: float | None,
+                 timing_cache: Path | None) -> bytes:
+    """Serialized engine for one ONNX graph (strongly typed, DETAILED profiling for the inspector)."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
+    from polygraphy.backend.trt import Profile as PolyProfile
+
+    from lga_export.trt_engines._trt import import_tensorrt
+
+    trt = import_tensorrt()
+    poly_profile = PolyProfile()
+    for name, (lo, opt, hi) in profile.items():
+        poly_profile.add(name, min=lo, opt=opt, max=hi)
+    pools = {trt.MemoryPoolType.WORKSPACE: int(workspace_gb * GIB)} if workspace_gb else None
+    cache = str(timing_cache) if timing_cache else None
+    config = CreateConfig(profiles=[poly_profile], memory_pool_limits=pools, load_timing_cache=cache,
+                          profiling_verbosity=trt.ProfilingVerbosity.DETAILED)
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    try:
+        return bytes(EngineBytesFromNetwork(network, config, save_timing_cache=cache)())
+    except Exception as exc:  # Polygraphy reports parser / builder failures as PolygraphyException
+        if isinstance(exc, LGAError):
+            raise
+        raise LGAError(f"TensorRT could not build {onnx_path.name}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}") from exc
+
+
+def _layer_reports(engine_bytes: bytes, profile: Profile) -> list[dict[str, Any]]:
+    from lga_export.trt_engines._trt import import_tensorrt
+    from lga_export.trt_engines.inspect import engine_information, layer_report
+
+    trt = import_tensorrt()
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise LGAError("TensorRT built an engine it cannot deserialize; see the TensorRT log above")
+    return layer_report(engine_information(engine, profile))
+
+
+def engine_manifest(spec: GraphSpec, precision: str, profile: Profile, bounds: ProfileBounds,
+                    environment: dict[str, Any], source: dict[str, Any], export_manifest: dict[str, Any],
+                    onnx_dir: Path, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
+    """Everything needed to decide later whether this engine may be loaded."""
+    return {
+        "manifest_version": MANIFEST_VERSION, "graph": spec.name, "precision": precision,
+        "environment": environment, "profile": profile_to_json(profile), "bounds": bounds.as_dict(),
+        "source": {**source, "onnx_dir": str(Path(onnx_dir).resolve()), "opset": export_manifest.get("opset")},
+        "config": export_manifest["config"], "strongly_typed": True,
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 2), "lga_export_version": __version__,
+        "layer_precisions": counts, "input_names": spec.input_names, "output_names": spec.output_names,
+    }
+
+
+def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = False, min_batch: int = 1,
+                  opt_batch: int | None = None, max_batch: int = 4, max_text_length: int | None = None,
+                  workspace_gb: float | None = None, timing_cache: Path | None = None,
+                  force: bool = False) -> list[BuiltEngine]:
+    """Build the text and image engines of one precision; refuse to overwrite without `force`."""
+    from lga_export.trt_engines._trt import current_environment, require_tensorrt_and_gpu
+    from lga_export.trt_engines.inspect import precision_counts, summary_markdown
+
+    require_tensorrt_and_gpu()
+    onnx_dir = Path(onnx_dir)
+    out_dir = Path(out_dir) if out_dir is not None else onnx_dir / "engines"
+    precision = precision_of(fp16)
+    export_manifest = read_export_manifest(onnx_dir)
+    config = export_config(export_manifest)
+    specs = graph_specs(config)
+    sources = select_onnx(onnx_dir, precision, specs, export_manifest)
+    bounds = ProfileBounds.for_config(config, min_batch, opt_batch, max_batch, max_text_length)
+    for spec in specs:  # refuse before spending minutes on a build
+        for path in EngineFiles(out_dir, spec.name, precision).all():
+            refuse_overwrite(path, force)
+    environment = current_environment()
+
+    built = []
+    for spec in specs:
+        files = EngineFiles(out_dir, spec.name, precision)
+        profile = engine_profile(spec, bounds)
+        digests = onnx_digests(sources[spec.name])
+        start = time.perf_counter()
+        engine_bytes = _build_bytes(sources[spec.name], profile, workspace_gb, timing_cache)
+        seconds = time.perf_counter() - start
+        rows = _layer_reports(engine_bytes, profile)
+        counts = precision_counts(rows)
+        files.manifest.unlink(missing_ok=True)  # (force) the old manifest must not vouch for a new engine
+        with atomic_file(files.engine, force=force) as tmp:
+            tmp.write_bytes(engine_bytes)
+        write_json(files.layers_json, rows, force=force)
+        with atomic_file(files.layers_md, force=force) as tmp:
+            tmp.write_text(summary_markdown(f"{spec.name} {precision} engine: layers per precision", rows))
+        write_json(files.manifest, engine_manifest(spec, precision, profile, bounds, environment, digests,
+                                                   export_manifest, onnx_dir, seconds, counts), force=force)
+        built.append(BuiltEngine(spec.name, precision, files, seconds, counts))
+    return built
