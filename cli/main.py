@@ -62,7 +62,6 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for t
 
 
 # --- command registration: each command module adds its commands here, one line each ---
-from lga_export.cli.train import register as _register_train; _register_train(app)  # noqa: E402
 from lga_export.cli.trt import register as _register_trt; _register_trt(app)  # noqa: E402
 
 
