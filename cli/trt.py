@@ -22,7 +22,7 @@ def trt(
     workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GB (default: TensorRT's)."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache",
                                                 help="Tactic timing cache file: read if present, updated after the build."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Engine folder (default: <onnx>/engines)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Engine folder (default: <onnx>-trt beside the export folder)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing engines."),
 ) -> None:
     """Build one TensorRT engine per graph, each with a manifest and a per-layer precision report.

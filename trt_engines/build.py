@@ -35,6 +35,12 @@ class BuiltEngine:
     precision_counts: dict[str, int]
 
 
+def default_engine_dir(onnx_dir: Path) -> Path:
+    """A sibling of the export folder (`runs/onnx` -> `runs/onnx-trt`): re-exporting replaces the
+    export folder as a whole, and engines are tied to this machine, so they live apart."""
+    return Path(onnx_dir).parent / f"{Path(onnx_dir).name}-trt"
+
+
 def precision_of(fp16: bool) -> str:
     return "fp16" if fp16 else "fp32"
 
@@ -101,7 +107,7 @@ def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = F
 
     require_tensorrt_and_gpu()
     onnx_dir = Path(onnx_dir)
-    out_dir = Path(out_dir) if out_dir is not None else onnx_dir / "engines"
+    out_dir = Path(out_dir) if out_dir is not None else default_engine_dir(onnx_dir)
     precision = precision_of(fp16)
     export_manifest = read_export_manifest(onnx_dir)
     config = export_config(export_manifest)
