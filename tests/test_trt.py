@@ -22,6 +22,7 @@ from lga_export.config import get_preset
 from lga_export.errors import LGAError
 from lga_export.export.specs import graph_specs
 from lga_export.trt_engines import _trt, build
+from lga_export.trt_engines import inspect as build_inspect
 from lga_export.trt_engines.inspect import layer_report, precision_counts, summary_markdown, tensor_precision
 from lga_export.trt_engines.manifest import EngineFiles, check_compatible, incompatibility, read_manifest, write_json
 from lga_export.trt_engines.profiles import ProfileBounds, check_shapes, engine_profile, profile_from_json, profile_to_json
@@ -239,14 +240,20 @@ def test_build_writes_engines_manifests_and_reports(tmp_path: Path, fake_tensorr
 
 def test_interrupted_build_leaves_no_engine(tmp_path: Path, fake_tensorrt, monkeypatch) -> None:
     folder = _export_dir(tmp_path)
+    out = tmp_path / "engines"
+    real_summary = build_inspect.summary_markdown
 
-    def fail(*args):
+    def interrupted_while_writing(*args):
+        assert list(out.glob(".*.partial"))  # the engine bytes are already staged
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build, "_layer_reports", fail)
+    monkeypatch.setattr(build_inspect, "summary_markdown", interrupted_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        build.build_engines(folder, tmp_path / "engines")
-    assert not list((tmp_path / "engines").glob("*")) if (tmp_path / "engines").exists() else True
+        build.build_engines(folder, out)
+    assert sorted(p.name for p in out.iterdir()) == []  # no engine, no manifest, no temp file
+    monkeypatch.setattr(build_inspect, "summary_markdown", real_summary)
+    build.build_engines(folder, out)
+    assert len(list(out.glob("*.engine"))) == 2 and len(list(out.glob("*.manifest.json"))) == 2
 
 
 # ---------------------------------------------------------------- CLI without TensorRT / GPU

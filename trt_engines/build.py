@@ -9,7 +9,9 @@ nothing that loads as an engine.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from lga_export import __version__
 from lga_export.errors import LGAError
 from lga_export.export.specs import GraphSpec, graph_specs
 from lga_export.fileio import atomic_file, refuse_overwrite
-from lga_export.trt_engines.manifest import MANIFEST_VERSION, EngineFiles, write_json
+from lga_export.trt_engines.manifest import MANIFEST_VERSION, EngineFiles
 from lga_export.trt_engines.profiles import Profile, ProfileBounds, engine_profile, profile_to_json
 from lga_export.trt_engines.sources import export_config, onnx_digests, read_export_manifest, select_onnx
 
@@ -97,13 +99,32 @@ def engine_manifest(spec: GraphSpec, precision: str, profile: Profile, bounds: P
     }
 
 
+def _write_engine_files(files: EngineFiles, engine_bytes: bytes, rows: list[dict[str, Any]],
+                        manifest: dict[str, Any], force: bool) -> None:
+    """Stage all four files, then rename them in one go with the manifest last. An interruption
+    leaves no new file; with `force` the old manifest goes first, so an old engine left behind
+    is refused (no manifest) instead of being vouched for by a stale one."""
+    from lga_export.trt_engines.inspect import summary_markdown
+
+    if force:
+        files.manifest.unlink(missing_ok=True)
+    with contextlib.ExitStack() as stack:  # exits in reverse: engine renamed first, manifest last
+        staged = {path: stack.enter_context(atomic_file(path, force=force))
+                  for path in (files.manifest, files.layers_md, files.layers_json, files.engine)}
+        staged[files.engine].write_bytes(engine_bytes)
+        staged[files.layers_json].write_text(json.dumps(rows, indent=2) + "\n")
+        staged[files.layers_md].write_text(
+            summary_markdown(f"{files.graph} {files.precision} engine: layers per precision", rows))
+        staged[files.manifest].write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
 def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = False, min_batch: int = 1,
                   opt_batch: int | None = None, max_batch: int = 4, max_text_length: int | None = None,
                   workspace_gb: float | None = None, timing_cache: Path | None = None,
                   force: bool = False) -> list[BuiltEngine]:
     """Build the text and image engines of one precision; refuse to overwrite without `force`."""
     from lga_export.trt_engines._trt import current_environment, require_tensorrt_and_gpu
-    from lga_export.trt_engines.inspect import precision_counts, summary_markdown
+    from lga_export.trt_engines.inspect import precision_counts
 
     require_tensorrt_and_gpu()
     onnx_dir = Path(onnx_dir)
@@ -129,13 +150,8 @@ def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = F
         seconds = time.perf_counter() - start
         rows = _layer_reports(engine_bytes, profile)
         counts = precision_counts(rows)
-        files.manifest.unlink(missing_ok=True)  # (force) the old manifest must not vouch for a new engine
-        with atomic_file(files.engine, force=force) as tmp:
-            tmp.write_bytes(engine_bytes)
-        write_json(files.layers_json, rows, force=force)
-        with atomic_file(files.layers_md, force=force) as tmp:
-            tmp.write_text(summary_markdown(f"{spec.name} {precision} engine: layers per precision", rows))
-        write_json(files.manifest, engine_manifest(spec, precision, profile, bounds, environment, digests,
-                                                   export_manifest, onnx_dir, seconds, counts), force=force)
+        manifest = engine_manifest(spec, precision, profile, bounds, environment, digests, export_manifest,
+                                   onnx_dir, seconds, counts)
+        _write_engine_files(files, engine_bytes, rows, manifest, force)
         built.append(BuiltEngine(spec.name, precision, files, seconds, counts))
     return built
