@@ -139,6 +139,8 @@ def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = F
         for path in EngineFiles(out_dir, spec.name, precision).all():
             refuse_overwrite(path, force)
     environment = current_environment()
+    if timing_cache is not None:  # Polygraphy locks and writes it after the first build
+        Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
 
     built = []
     for spec in specs:
