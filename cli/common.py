@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from lga_export.errors import LGAError
+from lga_export.errors import LGAError, ValidationFailed
 
 PresetOption = typer.Option(None, "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, vit_h, tiny.")
 CheckpointOption = typer.Option(None, "--checkpoint", "-c", help="LGA checkpoint (.safetensors) written by lga-export.",
@@ -32,12 +32,15 @@ def quiet_libraries() -> None:
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """A user error becomes one line on stderr and exit code 2, not a traceback."""
+    """A user error becomes one line on stderr and exit code 2 (a failed check: 3), not a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except ValidationFailed as exc:
+            typer.secho(f"failed: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=3) from None
         except LGAError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from None

@@ -62,6 +62,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for t
 
 
 # --- command registration: each command module adds its commands here, one line each ---
+from lga_export.cli.export import register as _register_export; _register_export(app)  # noqa: E402,E702
 from lga_export.cli.trt import register as _register_trt; _register_trt(app)  # noqa: E402
 
 

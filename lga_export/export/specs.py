@@ -37,7 +37,7 @@ class GraphSpec:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    atol: dict[str, float] = field(default_factory=dict)  # max |logit diff| per precision
+    atol: dict[str, float] = field(default_factory=dict)  # max |output diff| per precision (absent: not gated)
     min_dice: dict[str, float] = field(default_factory=dict)  # per-sample mask agreement per precision
 
     def filename(self, precision: str = "fp32") -> str:
@@ -71,8 +71,7 @@ def text_graph_spec(config: LGAConfig) -> GraphSpec:
         inputs=(TensorSpec("input_ids", "int64", (BATCH, SEQUENCE)),
                 TensorSpec("attention_mask", "int64", (BATCH, SEQUENCE))),
         outputs=(TensorSpec("text_embedding", "float32", (BATCH, 1, config.embed_dim)),),
-        atol={"fp32": 1e-4, "fp16": 5e-2},
-        min_dice={"fp32": 0.999, "fp16": 0.99},
+        atol={"fp32": 1e-4},
     )
 
 
@@ -84,7 +83,7 @@ def image_graph_spec(config: LGAConfig) -> GraphSpec:
         inputs=(TensorSpec("image", "float32", (BATCH, 3, size, size)),
                 TensorSpec("text_embedding", "float32", (BATCH, 1, config.embed_dim))),
         outputs=(TensorSpec("mask_logits", "float32", (BATCH, 1, mask, mask)),),
-        atol={"fp32": 1e-4, "fp16": 0.5},
+        atol={"fp32": 1e-4},
         min_dice={"fp32": 0.999, "fp16": 0.99},
     )
 

@@ -1,0 +1,76 @@
+"""`lga-export onnx` and `lga-export predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lga_export.cli.common import (CheckpointOption, PresetOption, SamCheckpointOption, TextModelOption,
+                                   ablation_overrides, quiet_libraries, user_errors)
+
+
+@user_errors
+def onnx(
+    preset: Optional[str] = PresetOption,
+    checkpoint: Optional[Path] = CheckpointOption,
+    sam_checkpoint: Optional[Path] = SamCheckpointOption,
+    text_model: Optional[str] = TextModelOption,
+    out: Path = typer.Option(Path("runs/onnx"), "--out", "-o", help="Export folder (created atomically)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write the FP16 graph pair (*.fp16.onnx) for TensorRT."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (the dynamo exporter needs >= 18)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check both graphs against PyTorch."),
+    batch: int = typer.Option(3, "--validation-batch", help="Batch size of the validation run (not the traced one)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data root with qata-cov19/ for validation "
+                                        "inputs (default: ../shared/data when present, else built-in samples)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
+) -> None:
+    """Export the text graph and the fused image graph to ONNX, then validate them.
+
+    Writes text_encoder.onnx, lga_image.onnx (and *.fp16.onnx with --fp16), the tokenizer and
+    manifest.json. A failed validation writes nothing and exits with code 3.
+    """
+    quiet_libraries()
+    from lga_export.export.exporter import export_onnx
+    from lga_export.export.report import render_validation
+    from lga_export.loading import load_model
+
+    if opset < 18:
+        from lga_export.errors import LGAError
+
+        raise LGAError(f"--opset {opset} is too old: the dynamo exporter writes opset 18 or newer")
+    model = load_model(preset, checkpoint, sam_checkpoint, ablation_overrides(text_model))
+    manifest = export_onnx(model, out, fp16=fp16, opset=opset, force=force, validate=validate,
+                           validation_batch=batch, data_root=data, log=typer.echo)
+    if manifest["validation"]:
+        typer.echo(render_validation(manifest["validation"]))
+    typer.echo(f"wrote {out}")
+
+
+@user_errors
+def predict(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Export folder (ONNX) or LGA checkpoint; "
+                                         "default: the embedded default model."),
+    image: Optional[Path] = typer.Option(None, "--image", help="One image file."),
+    text: Optional[str] = typer.Option(None, "--text", help="The report for --image."),
+    images: Optional[Path] = typer.Option(None, "--images", help="A folder of images (with --text-file)."),
+    text_file: Optional[Path] = typer.Option(None, "--text-file", help="LViT text file (.csv/.xlsx: Image, "
+                                             "Description or text) for --images."),
+    out: Path = typer.Option(Path("runs/predict"), "--out", "-o", help="Folder for masks and overlays."),
+    threshold: float = typer.Option(0.0, "--threshold", help="Logit threshold of the mask."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing mask files."),
+) -> None:
+    """Segment images with their reports: writes <name>_mask.png and <name>_overlay.png."""
+    quiet_libraries()
+    from lga_export.predict import predict_files
+
+    written = predict_files(model, image=image, text=text, images=images, text_file=text_file, out=out,
+                            threshold=threshold, force=force)
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("onnx")(onnx)
+    app.command("predict")(predict)
