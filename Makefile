@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lga-export demo --out runs/demo
+	$(BIN)/lga-export demo --out runs/demo --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs

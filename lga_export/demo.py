@@ -1,0 +1,40 @@
+"""The README's main job on the embedded default model: summary, ONNX export with validation,
+masks drawn by the exported graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+
+def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = print) -> dict:
+    from lga_export.export.exporter import export_onnx
+    from lga_export.export.report import render_validation
+    from lga_export.fileio import atomic_dir
+    from lga_export.loading import default_checkpoint, load_model
+    from lga_export.modeling.text_encoder import load_tokenizer
+    from lga_export.predict import overlay
+    from lga_export.runtime.ort_runner import OnnxRuntimeRunner
+    from lga_export.runtime.pipeline import Segmenter
+    from lga_export.samples import validation_samples
+    from lga_export.summary import model_summary, render_summary
+
+    checkpoint = default_checkpoint()
+    log(f"model: {checkpoint or 'tiny preset, untrained (no embedded checkpoint in this install)'}")
+    model = load_model()
+    log(render_summary(model_summary(model)))
+    with atomic_dir(out, force=force) as tmp:
+        manifest = export_onnx(model, tmp / "onnx", fp16=True, validation_batch=3, log=log)
+        log(render_validation(manifest["validation"]))
+        samples, source = validation_samples(4)
+        with OnnxRuntimeRunner(tmp / "onnx") as runner:
+            segmenter = Segmenter(runner, load_tokenizer(str(tmp / "onnx" / "tokenizer")), model.config)
+            results = segmenter.segment([s.rgb for s in samples], [s.text for s in samples])
+        (tmp / "masks").mkdir()
+        for sample, result in zip(samples, results):
+            Image.fromarray(overlay(sample.rgb, result.mask)).save(tmp / "masks" / f"{Path(sample.name).stem}_overlay.png")
+        log(f"overlays of {len(samples)} samples from {source} (ONNX Runtime FP32) in {out / 'masks'}")
+    return manifest
