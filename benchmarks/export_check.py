@@ -51,6 +51,7 @@ def timed_export(args: list[str], log: Path) -> dict:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    (out / "inputs").mkdir(exist_ok=True)
     sam, bert = make_inputs(out / "inputs")
     base = ["--preset", "vit_b", "--sam-checkpoint", str(sam), "--text-model", str(bert),
             "--validation-batch", "2", "--force"]
