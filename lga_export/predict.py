@@ -19,7 +19,7 @@ def open_segmenter(model_ref: Path | None):
     from lga_export.runtime.pipeline import Segmenter
 
     if model_ref is not None and Path(model_ref).is_dir():
-        from lga_export.export.consistency import check_export
+        from lga_export.export.consistency import check_export, check_tokenizer
         from lga_export.export.manifest import TOKENIZER_DIR, manifest_config, read_manifest
         from lga_export.modeling.text_encoder import load_tokenizer
         from lga_export.runtime.ort_runner import OnnxRuntimeRunner
@@ -28,6 +28,7 @@ def open_segmenter(model_ref: Path | None):
         check_export(Path(model_ref), config)
         runner = OnnxRuntimeRunner(model_ref)
         tokenizer = load_tokenizer(str(Path(model_ref) / TOKENIZER_DIR))
+        check_tokenizer(Path(model_ref), tokenizer)
     else:
         from lga_export.loading import load_model
         from lga_export.modeling.text_encoder import load_tokenizer

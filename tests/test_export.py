@@ -183,7 +183,7 @@ def test_predict_bad_input_is_one_line_exit_2(tiny_export, tmp_path, qata_root):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
-def test_export_of_another_preset_than_its_manifest_is_refused(tiny_export, tmp_path):
+def test_export_of_another_preset_than_its_manifest_is_refused(tiny_export, tmp_path, qata_root):
     import shutil
 
     out_dir, _ = tiny_export
@@ -192,7 +192,27 @@ def test_export_of_another_preset_than_its_manifest_is_refused(tiny_export, tmp_
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["config"].update(preset="vit_b", image_size=1024, patch_size=16, embed_dim=768)
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    result = runner.invoke(app, ["predict", "--model", str(copy), "--image", "x.png", "--text", "x",
+    image = sorted((qata_root / "Val_Folder" / "img").iterdir())[0]
+    result = runner.invoke(app, ["predict", "--model", str(copy), "--image", str(image), "--text", "x",
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert "no such image" in result.output or "re-export" in result.output
+    assert "the manifest's vit_b config needs" in result.output
+
+
+def test_tokenizer_of_another_text_model_is_refused(tiny_export, tmp_path, qata_root):
+    import shutil
+
+    from lga_export.modeling.text_encoder import load_tokenizer
+
+    out_dir, _ = tiny_export
+    copy = tmp_path / "copy"
+    shutil.copytree(out_dir, copy)
+    tokenizer = load_tokenizer(str(copy / "tokenizer"))
+    tokenizer.add_tokens([f"newtoken{i}" for i in range(10)])
+    shutil.rmtree(copy / "tokenizer")
+    tokenizer.save_pretrained(copy / "tokenizer")
+    image = sorted((qata_root / "Val_Folder" / "img").iterdir())[0]
+    result = runner.invoke(app, ["predict", "--model", str(copy), "--image", str(image), "--text", "x",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "tokenizer belongs to another text model" in result.output

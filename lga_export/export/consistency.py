@@ -32,3 +32,24 @@ def check_export(export_dir: Path, config: LGAConfig, precision: str = "fp32") -
                 if isinstance(want, int) and axis < len(shape) and shape[axis] != want:
                     raise LGAError(f"{export_dir}/{spec.filename(precision)}: {tensor.name} is {shape}, the manifest's "
                                    f"{config.preset} config needs {tensor.shape}; re-export with --force")
+
+
+def embedding_rows(text_graph: Path) -> int | None:
+    """Rows of the word-embedding table that `input_ids` index (the text model's vocabulary)."""
+    import onnx
+
+    model = onnx.load(str(text_graph))
+    tables = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == "input_ids":
+            table = tables.get(node.input[0])
+            return int(table.dims[0]) if table is not None else None
+    return None
+
+
+def check_tokenizer(export_dir: Path, tokenizer, precision: str = "fp32") -> None:
+    """The tokenizer must not produce ids beyond the exported text model's vocabulary."""
+    rows = embedding_rows(graph_file(export_dir, "text_encoder", precision))
+    if rows is not None and len(tokenizer) > rows:
+        raise LGAError(f"{export_dir}/tokenizer: {len(tokenizer)} tokens, but the exported text model knows "
+                       f"{rows}; the tokenizer belongs to another text model - re-export with --force")
