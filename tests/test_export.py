@@ -216,3 +216,17 @@ def test_tokenizer_of_another_text_model_is_refused(tiny_export, tmp_path, qata_
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "tokenizer belongs to another text model" in result.output
+
+
+def test_a_batch_baked_into_a_constant_is_caught(tiny_export, tiny_model, tmp_path):
+    from lga_export.export.onnx_export import check_graph
+
+    out, _ = tiny_export
+    spec = graph_specs(tiny_model.config)[0]
+    model = onnx.load(str(out / spec.filename()))
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 2  # what a tracer that specialised batch writes
+    path = tmp_path / "baked.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ValidationFailed, match="axis 0 of input_ids was baked into a constant"):
+        check_graph(path, spec)

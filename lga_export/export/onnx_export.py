@@ -115,8 +115,8 @@ def _outputs_to_fp32(model) -> None:
         output.type.tensor_type.elem_type = TensorProto.FLOAT
 
 
-def check_graph(path: Path) -> None:
-    """ONNX checker (full check, with shape inference) and standard operators only."""
+def check_graph(path: Path, spec: GraphSpec) -> None:
+    """ONNX checker (full check), standard operators only, and the spec's names and dynamic axes."""
     import onnx
 
     from lga_export.errors import ValidationFailed
@@ -130,3 +130,12 @@ def check_graph(path: Path) -> None:
     if custom:
         raise ValidationFailed(f"{path.name}: uses non-standard operator domains {custom}; "
                                f"TensorRT would not parse it")
+    declared = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
+    for tensor in spec.inputs + spec.outputs:
+        if tensor.name not in declared:
+            raise ValidationFailed(f"{path.name}: has no {tensor.name!r} (has {sorted(declared)})")
+        dims = declared[tensor.name].type.tensor_type.shape.dim
+        for axis in tensor.dynamic_axes:
+            if axis >= len(dims) or not dims[axis].dim_param:
+                raise ValidationFailed(f"{path.name}: axis {axis} of {tensor.name} was baked into a constant; "
+                                       f"it must stay dynamic")
