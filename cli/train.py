@@ -1,0 +1,95 @@
+"""`lga-export train` and `lga-export eval`: thin wrappers over lga_export.training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lga_export.cli.common import PresetOption, SamCheckpointOption, TextModelOption, quiet_libraries, user_errors
+
+DataOption = typer.Option(..., "--data", help="Dataset root in the LViT layout: <root>/{Train,Val,Test}_Folder/{img,labelcol}.")
+
+
+def train(
+    preset: str = typer.Option("tiny", "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, vit_h, tiny."),
+    data: Path = DataOption,
+    out: Path = typer.Option(..., "--out", help="Run folder: best.safetensors, last/, metrics, learning curve."),
+    sam_checkpoint: Optional[Path] = SamCheckpointOption,
+    text_model: Optional[str] = TextModelOption,
+    epochs: int = typer.Option(50, "--epochs", min=1, help="Epochs (paper: 50)."),
+    batch_size: int = typer.Option(2, "--batch-size", min=1, help="Batch size (paper: 2)."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak AdamW learning rate (paper: 1e-4)."),
+    weight_decay: float = typer.Option(1e-3, "--weight-decay", help="AdamW weight decay (paper: 1e-3)."),
+    warmup_steps: int = typer.Option(1000, "--warmup-steps", min=0, help="Linear warm-up steps (paper: 1000)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input size (default: the preset's)."),
+    train_encoder: bool = typer.Option(False, "--train-encoder", help="Train the ViT too (tiny always does)."),
+    learnable_query: bool = typer.Option(False, "--learnable-query", help="A learned query replaces the text (Table 2)."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm (off in the paper)."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Turn augmentation off."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init, shuffling and augmentation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out/last."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps in total."),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", min=1, help="Use only the first N training samples."),
+    limit_val: Optional[int] = typer.Option(None, "--limit-val", min=1, help="Use only the first N validation samples."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out broken samples (counted) instead of failing."),
+    force: bool = typer.Option(False, "--force", help="Start over in an --out that already holds a run."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+) -> None:
+    """Train an LGA model (paper §3.2 recipe by default), validating every epoch."""
+    quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import torch
+
+    from lga_export.errors import LGAError
+    from lga_export.loading import resolve_config
+    from lga_export.training.loop import TrainSettings, train as run_training
+
+    if threads:
+        torch.set_num_threads(threads)
+    if resume and force:
+        raise LGAError("give either --resume or --force, not both")
+    overrides = {"text_model": text_model, "image_size": image_size}
+    if learnable_query:
+        overrides["text_source"] = "learnable_query"
+    if train_encoder:
+        overrides["train_image_encoder"] = True
+    config = resolve_config(preset, None, overrides)
+    settings = TrainSettings(data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, max_steps=max_steps,
+                             augment=not no_augment, grad_clip=grad_clip, train_limit=limit_train,
+                             val_limit=limit_val, skip_bad=skip_bad, resume=resume, force=force)
+    summary = run_training(config, settings, sam_checkpoint)
+    final = summary["final"] or {}
+    typer.echo(f"done: {summary['steps_done']} steps, best val Dice {summary['best_val_dice']:.4f} "
+               f"(step {summary['best_step']}), last val mIoU {final.get('val_miou', float('nan')):.4f}; "
+               f"{summary['best_checkpoint']}")
+
+
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="LGA checkpoint (.safetensors)."),
+    data: Path = DataOption,
+    split: str = typer.Option("Val", "--split", help="Split to score: Train, Val or Test."),
+    out: Path = typer.Option(Path("runs/eval"), "--out", help="Folder for per_sample.csv, cases.png, summary.json."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N samples."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out broken samples (counted) instead of failing."),
+    force: bool = typer.Option(False, "--force", help="Overwrite earlier eval outputs in --out."),
+) -> None:
+    """Dice and mIoU of a checkpoint over a split, per-sample CSV, best/worst figure, JSON summary."""
+    quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from lga_export.training.report import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(checkpoint, data, split, out, batch_size=batch_size, limit=limit,
+                                  skip_bad=skip_bad, force=force)
+    typer.echo(f"{summary['split']}: Dice {summary['dice']:.4f}, mIoU {summary['miou']:.4f} over "
+               f"{summary['samples']} samples; outputs in {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` and `eval` to the `lga-export` app."""
+    app.command("train")(user_errors(train))
+    app.command("eval")(user_errors(evaluate))

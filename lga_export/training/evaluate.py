@@ -1,0 +1,61 @@
+"""Dice and IoU per sample at each mask's own size, averaged (the paper's Dice and mIoU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lga_export.data.dataset import SegmentationDataset
+from lga_export.data.lvit import Sample
+from lga_export.metrics import dice, iou
+from lga_export.preprocess import load_mask, logits_to_mask
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    name: str
+    dice: float
+    iou: float
+    text: str
+
+
+def _collate(batch: list[dict]) -> dict:
+    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
+            "text": [b["text"] for b in batch], "index": [b["index"] for b in batch]}
+
+
+def predict_logits(model, embedder, samples: list[Sample], batch_size: int = 8, progress: bool = False):
+    """Yield (sample, 1xMxM numpy logits) in order, with no gradients."""
+    from tqdm import tqdm
+
+    dataset = SegmentationDataset(samples, model.config, train=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+                logits = model.forward_image(batch["image"], embedder(batch["text"])).numpy()
+                for index, item in zip(batch["index"], logits):
+                    yield samples[index], item
+    finally:
+        model.train(was_training)
+
+
+def score_samples(model, embedder, samples: list[Sample], batch_size: int = 8,
+                  progress: bool = False) -> list[SampleScore]:
+    """Per-sample Dice / IoU with the prediction upsampled to the ground truth's size."""
+    scores = []
+    for sample, logits in predict_logits(model, embedder, samples, batch_size, progress):
+        target = load_mask(sample.mask)
+        pred = logits_to_mask(logits, target.shape)
+        scores.append(SampleScore(sample.name, dice(pred, target), iou(pred, target), sample.text))
+    return scores
+
+
+def summarize(scores: list[SampleScore]) -> dict[str, float]:
+    return {"dice": float(np.mean([s.dice for s in scores])), "miou": float(np.mean([s.iou for s in scores])),
+            "samples": len(scores)}

@@ -1,0 +1,241 @@
+"""The training run: paper §3.2 recipe by default, validation every epoch, best-by-Dice
+checkpoint, resumable `last` state, per-epoch metrics and a learning curve.
+
+Deterministic on the CPU for a given seed: model init from `torch.manual_seed(seed)`, the
+shuffle from a generator seeded by (seed, epoch), augmentation by (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from lga_export.config import LGAConfig
+from lga_export.errors import LGAError
+from lga_export.fileio import atomic_file
+
+log = logging.getLogger(__name__)
+
+BEST_FILE = "best.safetensors"
+OUTPUT_FILES = (BEST_FILE, "metrics.csv", "metrics.jsonl", "steps.csv", "learning_curve.png", "train.json")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Paper defaults: AdamW lr 1e-4 wd 1e-3, batch 2, 50 epochs, 1000 warm-up iterations."""
+
+    data: Path
+    out: Path
+    epochs: int = 50
+    batch_size: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    warmup_steps: int = 1000
+    seed: int = 0
+    max_steps: int | None = None  # stop (and save) after this many steps in total
+    augment: bool = True
+    grad_clip: float | None = None
+    train_split: str = "Train"
+    val_split: str = "Val"
+    train_limit: int | None = None  # first N samples only (smoke runs, tests)
+    val_limit: int | None = None
+    skip_bad: bool = False
+    save_every: int = 100  # steps between `last` saves (also saved at every epoch end and stop)
+    log_every: int = 10
+    eval_batch_size: int = 8
+    resume: bool = False
+    force: bool = False
+    progress: bool = True
+
+
+def _collate(batch: list[dict]) -> dict:
+    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
+            "text": [b["text"] for b in batch]}
+
+
+def _prepare_out(settings: TrainSettings) -> None:
+    out = settings.out
+    existing = [name for name in OUTPUT_FILES + ("last",) if (out / name).exists()]
+    if settings.resume:
+        return
+    if existing and not settings.force:
+        raise LGAError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it "
+                       f"or --force to start over")
+    for name in existing:
+        target = out / name
+        if target.is_dir():
+            import shutil
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_file(path, force=True) as tmp:
+        tmp.write_text(text)
+
+
+def _write_metrics(out: Path, history: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
+    from lga_export.training.plots import learning_curve
+
+    if history:
+        keys = list(history[0])
+        _write_text(out / "metrics.csv", ",".join(keys) + "\n" +
+                    "".join(",".join(str(row[k]) for k in keys) + "\n" for row in history))
+        _write_text(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    if steps:
+        _write_text(out / "steps.csv", "step,loss,lr\n" +
+                    "".join(f"{s['step']},{s['loss']:.6f},{s['lr']:.3e}\n" for s in steps))
+    learning_curve(history, steps, out / "learning_curve.png")
+
+
+def train_step(model, optimizer: torch.optim.Optimizer, embedder, batch: dict,
+               params: list[torch.nn.Parameter], grad_clip: float | None = None) -> torch.Tensor:
+    """One optimizer step on a batch (image, mask, text); returns the loss before the step."""
+    from lga_export.training.losses import segmentation_loss
+
+    logits = model.forward_image(batch["image"], embedder(batch["text"]))
+    loss = segmentation_loss(logits, batch["mask"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def train(config: LGAConfig, settings: TrainSettings, sam_checkpoint: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary also written to <out>/train.json."""
+    from tqdm import tqdm
+
+    from lga_export.build import build_lga
+    from lga_export.checkpoint import load_lga_checkpoint, load_sam_checkpoint, save_lga_checkpoint
+    from lga_export.data.dataset import SegmentationDataset
+    from lga_export.data.lvit import index_split
+    from lga_export.training.evaluate import score_samples, summarize
+    from lga_export.training.schedule import lr_at
+    from lga_export.training.state import load_last_state, save_last_state
+    from lga_export.training.text_cache import TextEmbedder
+
+    out = Path(settings.out)
+    _prepare_out(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    train_index = index_split(settings.data, settings.train_split, skip_bad=settings.skip_bad)
+    val_index = index_split(settings.data, settings.val_split, skip_bad=settings.skip_bad)
+    train_samples = train_index.samples[: settings.train_limit]
+    val_samples = val_index.samples[: settings.val_limit]
+
+    torch.manual_seed(settings.seed)
+    state = None
+    if settings.resume:
+        model_path, state = load_last_state(out)
+        model = load_lga_checkpoint(model_path)
+        config = model.config
+    else:
+        model = build_lga(config)
+        if sam_checkpoint:
+            load_sam_checkpoint(model, sam_checkpoint)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise LGAError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    progress: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": -1, "history": [], "steps": [],
+                                "elapsed_s": 0.0}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        progress = state["progress"]
+
+    embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
+    dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed)
+    steps_per_epoch = max(1, len(dataset) // settings.batch_size)  # drop_last: equal batches
+    total_steps = settings.epochs * steps_per_epoch
+    stop_at = min(total_steps, settings.max_steps) if settings.max_steps else total_steps
+    run_info = {"config": json.loads(config.to_json()), "settings": {k: str(v) if isinstance(v, Path) else v
+                for k, v in dataclasses.asdict(settings).items()},
+                "train_samples": len(train_samples), "val_samples": len(val_samples),
+                "skipped": {**train_index.skipped, **val_index.skipped},
+                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                "trainable_parameters": sum(p.numel() for p in params)}
+    log.info("training %s: %d train / %d val samples, %d steps", config.preset, len(train_samples),
+             len(val_samples), stop_at)
+
+    def checkpoint_last() -> None:
+        save_last_state(out, model, optimizer, progress)
+
+    def validate(epoch: float, train_loss: float) -> None:
+        scores = score_samples(model, embedder, val_samples, settings.eval_batch_size)
+        summary = summarize(scores)
+        row = {"epoch": round(epoch, 3), "step": progress["step"], "train_loss": round(train_loss, 6),
+               "val_dice": round(summary["dice"], 6), "val_miou": round(summary["miou"], 6),
+               "lr": lr_at(max(0, progress["step"] - 1), settings.lr, settings.warmup_steps, total_steps),
+               "elapsed_s": round(progress["elapsed_s"], 1)}
+        progress["history"].append(row)
+        if summary["dice"] > progress["best_dice"]:
+            progress["best_dice"], progress["best_step"] = summary["dice"], progress["step"]
+            save_lga_checkpoint(model, out / BEST_FILE, force=True,
+                                metadata={"step": str(progress["step"]), "epoch": str(row["epoch"]),
+                                          "val_dice": f"{summary['dice']:.6f}", "val_miou": f"{summary['miou']:.6f}",
+                                          "data": str(settings.data)})
+        _write_metrics(out, progress["history"], progress["steps"])
+        log.info("epoch %.2f step %d: loss %.4f val Dice %.4f mIoU %.4f", epoch, progress["step"], train_loss,
+                 summary["dice"], summary["miou"])
+
+    started = time.monotonic() - progress["elapsed_s"]
+    bar = tqdm(total=stop_at, initial=progress["step"], desc="train", disable=not settings.progress,
+               dynamic_ncols=True)
+    try:
+        while progress["step"] < stop_at:
+            epoch = progress["step"] // steps_per_epoch
+            skip = progress["step"] - epoch * steps_per_epoch  # resume mid-epoch
+            dataset.set_epoch(epoch)
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(settings.seed * 7919 + epoch))
+            order = order[: steps_per_epoch * settings.batch_size][skip * settings.batch_size:].tolist()
+            loader = DataLoader(Subset(dataset, order), batch_size=settings.batch_size, shuffle=False,
+                                collate_fn=_collate, drop_last=True)
+            losses: list[float] = []
+            for batch in loader:
+                step = progress["step"]
+                lr = lr_at(step, settings.lr, settings.warmup_steps, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = train_step(model, optimizer, embedder, batch, params, settings.grad_clip)
+                if not math.isfinite(loss.item()):
+                    raise LGAError(f"the loss became {loss.item()} at step {step}; lower --lr")
+                progress["step"] = step + 1
+                progress["elapsed_s"] = time.monotonic() - started
+                losses.append(loss.item())
+                if progress["step"] % settings.log_every == 0 or progress["step"] == 1:
+                    recent = losses[-settings.log_every:]
+                    progress["steps"].append({"step": progress["step"], "loss": sum(recent) / len(recent), "lr": lr})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                end_of_epoch = progress["step"] % steps_per_epoch == 0
+                if end_of_epoch or progress["step"] >= stop_at:
+                    validate(progress["step"] / steps_per_epoch, sum(losses) / len(losses))
+                    checkpoint_last()
+                    if progress["step"] >= stop_at:
+                        break
+                elif progress["step"] % settings.save_every == 0:
+                    checkpoint_last()
+    except KeyboardInterrupt:
+        checkpoint_last()
+        bar.close()
+        raise LGAError(f"interrupted at step {progress['step']}; the state is saved: rerun with --resume") from None
+    bar.close()
+    summary = {**run_info, "steps_done": progress["step"], "best_val_dice": progress["best_dice"],
+               "best_step": progress["best_step"], "elapsed_s": round(progress["elapsed_s"], 1),
+               "final": progress["history"][-1] if progress["history"] else None,
+               "best_checkpoint": str(out / BEST_FILE)}
+    _write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,73 @@
+"""`lga-export eval`: score a checkpoint on a split and write the per-sample CSV, a figure of
+the best and worst cases, and a JSON summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from lga_export.errors import LGAError
+from lga_export.fileio import atomic_file
+
+OUTPUTS = ("per_sample.csv", "cases.png", "summary.json")
+
+
+def evaluate_checkpoint(checkpoint: Path, data: Path, split: str, out: Path, *, batch_size: int = 8,
+                        limit: int | None = None, cases: int = 3, skip_bad: bool = False,
+                        force: bool = False, progress: bool = True) -> dict[str, Any]:
+    from lga_export.checkpoint import load_lga_checkpoint
+    from lga_export.data.lvit import index_split
+    from lga_export.preprocess import load_mask, load_rgb, logits_to_mask
+    from lga_export.training.evaluate import predict_logits, summarize, SampleScore
+    from lga_export.metrics import dice, iou
+    from lga_export.training.plots import cases_figure
+    from lga_export.training.text_cache import TextEmbedder
+
+    out = Path(out)
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not force:
+        raise LGAError(f"{out} already holds {', '.join(existing)}; pass --force to overwrite")
+    index = index_split(data, split, skip_bad=skip_bad)
+    samples = index.samples[:limit]
+    model = load_lga_checkpoint(checkpoint)
+    embedder = TextEmbedder(model, [s.text for s in samples])
+    scores: list[SampleScore] = []
+    for sample, logits in predict_logits(model, embedder, samples, batch_size, progress):
+        target = load_mask(sample.mask)
+        pred = logits_to_mask(logits, target.shape)
+        scores.append(SampleScore(sample.name, dice(pred, target), iou(pred, target), sample.text))
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["name", "dice", "iou", "text"])
+    for s in scores:
+        writer.writerow([s.name, f"{s.dice:.6f}", f"{s.iou:.6f}", s.text])
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out / "per_sample.csv", force=force) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+    ranked = sorted(range(len(scores)), key=lambda i: scores[i].dice)
+    n = min(cases, max(1, len(scores) // 2))
+    picks = [("best", i) for i in reversed(ranked[-n:])] + [("worst", i) for i in ranked[:n]]
+    by_name = {s.name: s for s in samples}
+    figure_cases = []
+    for label, i in picks:
+        sample = by_name[scores[i].name]
+        target = load_mask(sample.mask)
+        logits = next(l for _, l in predict_logits(model, embedder, [sample], 1))
+        figure_cases.append({"label": label, "name": sample.name, "text": sample.text, "image": load_rgb(sample.image),
+                             "target": target, "pred": logits_to_mask(logits, target.shape),
+                             "dice": scores[i].dice})
+    cases_figure(figure_cases, out / "cases.png", force=force)
+
+    summary = {"checkpoint": str(checkpoint), "data": str(data), "split": index.split, **summarize(scores),
+               "skipped": index.skipped, "preset": model.config.preset,
+               "text_source": model.config.text_source,
+               "best": [scores[i].name for _, i in picks if _ == "best"],
+               "worst": [scores[i].name for _, i in picks if _ == "worst"]}
+    with atomic_file(out / "summary.json", force=force) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,128 @@
+"""Training and evaluation: the loss falls, resume continues exactly, eval writes its outputs,
+and a vit_b step changes only what the paper trains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lga_export.config import get_preset
+from lga_export.training.loop import TrainSettings, train
+
+
+def _settings(data: Path, out: Path, **changes) -> TrainSettings:
+    base = dict(data=data, out=out, epochs=100, batch_size=2, lr=1e-3, warmup_steps=0, seed=0,
+                augment=False, train_limit=2, val_limit=2, log_every=1, progress=False)
+    return TrainSettings(**{**base, **changes})
+
+
+def test_loss_falls_on_real_pairs(qata_root, tmp_path):
+    summary = train(get_preset("tiny"), _settings(qata_root, tmp_path / "run", max_steps=8))  # 1 step = 1 epoch
+    losses = [float(line.split(",")[1]) for line in (tmp_path / "run" / "steps.csv").read_text().splitlines()[1:]]
+    assert summary["steps_done"] == 8 and len(losses) == 8
+    assert losses[-1] < 0.9 * losses[0] and losses[-1] < min(losses[:3]), losses
+    for name in ("best.safetensors", "metrics.csv", "metrics.jsonl", "learning_curve.png", "train.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= row["val_dice"] <= 1.0 and 0.0 <= row["val_miou"] <= row["val_dice"] + 1e-9
+
+
+def test_resume_continues_from_the_saved_step_exactly(qata_root, tmp_path):
+    config = get_preset("tiny")
+    straight = tmp_path / "straight"
+    train(config, _settings(qata_root, straight, max_steps=4, augment=True))
+    split = tmp_path / "split"
+    first = train(config, _settings(qata_root, split, max_steps=2, augment=True))
+    assert first["steps_done"] == 2
+    resumed = train(config, _settings(qata_root, split, max_steps=4, augment=True, resume=True))
+    assert resumed["steps_done"] == 4
+    history = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [1, 2, 3, 4]  # one step per epoch here; rows kept
+    state = torch.load(split / "last" / "state.pt", weights_only=True)
+    assert {int(v["step"]) for v in state["optimizer"]["state"].values()} == {4}  # Adam moments carried on
+    # The resumed steps see the same batches and weights as an uninterrupted run: same losses.
+    # (Weights are compared loosely: Adam divides by sqrt(v) ~ |grad|, which amplifies last-bit
+    # float differences in parameters whose gradient is ~0, e.g. gamma initialised to 0.)
+    def losses(run: Path) -> list[float]:
+        return [float(line.split(",")[1]) for line in (run / "steps.csv").read_text().splitlines()[1:]]
+    assert losses(split) == pytest.approx(losses(straight), abs=1e-5)
+    a = load_file(str(straight / "last" / "model.safetensors"))
+    b = load_file(str(split / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2
+
+
+def test_refuses_to_overwrite_a_run_and_eval_writes_its_outputs(qata_root, tmp_path):
+    from lga_export.cli.main import app
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(qata_root), "--out", str(run), "--max-steps", "1",
+            "--limit-train", "2", "--limit-val", "4", "--batch-size", "2", "--warmup-steps", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "best.safetensors"), "--data", str(qata_root),
+                                 "--split", "Val", "--limit", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 4 and summary["split"] == "Val"
+    rows = (out / "per_sample.csv").read_text().splitlines()
+    assert rows[0] == "name,dice,iou,text" and len(rows) == 5
+    scores = [float(r.split(",")[1]) for r in rows[1:]]
+    assert abs(sum(scores) / 4 - summary["dice"]) < 1e-5
+    assert (out / "cases.png").stat().st_size > 1000
+    assert runner.invoke(app, ["eval", "--checkpoint", str(run / "best.safetensors"), "--data", str(qata_root),
+                               "--limit", "4", "--out", str(out)]).exit_code == 2
+
+
+def test_bad_data_fails_before_training(tmp_path):
+    from test_data import make_lvit
+
+    from lga_export.errors import LGAError
+
+    root = make_lvit(tmp_path / "data", "Train")
+    make_lvit(tmp_path / "data", "Val")
+    (root / "Train_Folder" / "img" / "case_0.png").unlink()
+    with pytest.raises(LGAError, match="mask_case_0.png"):
+        train(get_preset("tiny"), _settings(root, tmp_path / "run", max_steps=1))
+    summary = train(get_preset("tiny"), _settings(root, tmp_path / "run2", max_steps=1, skip_bad=True))
+    assert len(summary["skipped"]) == 1 and summary["train_samples"] == 2
+
+
+@pytest.mark.slow  # one SAM ViT-B forward + backward at 1024x1024 on the CPU: ~200 s on a busy 2-core machine
+def test_vit_b_step_changes_only_trainable_parameters(sam_vit_b_checkpoint, bert768_dir):
+    from lga_export.build import build_lga, dead_parameter_names
+    from lga_export.checkpoint import load_sam_checkpoint
+    from lga_export.training.loop import train_step
+    from lga_export.training.text_cache import TextEmbedder
+
+    config = get_preset("vit_b").replace(text_model=str(bert768_dir))
+    model = build_lga(config)
+    load_sam_checkpoint(model, sam_vit_b_checkpoint)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3)
+    text = ["Bilateral pulmonary infection, two infected areas."]
+    embedder = TextEmbedder(model, text)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    torch.manual_seed(0)
+    mask = torch.zeros(1, 1, 256, 256)
+    mask[..., 64:160, 32:128] = 1
+    batch = {"image": torch.randn(1, 3, 1024, 1024), "mask": mask, "text": text}
+    loss = train_step(model, optimizer, embedder, batch, params)
+    assert torch.isfinite(loss)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    changed = {k for k, p in model.named_parameters() if not torch.equal(p.detach(), before[k])}
+    assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
+    assert not changed & dead_parameter_names(model)
+    assert not any(k.startswith(("image_encoder.", "text_encoder.backbone.")) for k in changed)
+    # (a 768-wide text model needs no projection to ViT-B's 768: it is an Identity here)
+    for part in ("ffms.0.", "ffms.1.", "ffms.2.", "ffms.3.", "mask_decoder."):
+        assert any(k.startswith(part) for k in changed), f"nothing in {part} was trained"
