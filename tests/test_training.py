@@ -17,7 +17,7 @@ from lga_export.training.loop import TrainSettings, train
 
 def _settings(data: Path, out: Path, **changes) -> TrainSettings:
     base = dict(data=data, out=out, epochs=100, batch_size=2, lr=1e-3, warmup_steps=0, seed=0,
-                augment=False, train_limit=2, val_limit=2, log_every=1, progress=False)
+                augment=False, train_limit=2, val_limit=1, log_every=1, progress=False)
     return TrainSettings(**{**base, **changes})
 
 
@@ -126,3 +126,11 @@ def test_vit_b_step_changes_only_trainable_parameters(sam_vit_b_checkpoint, bert
     # (a 768-wide text model needs no projection to ViT-B's 768: it is an Identity here)
     for part in ("ffms.0.", "ffms.1.", "ffms.2.", "ffms.3.", "mask_decoder."):
         assert any(k.startswith(part) for k in changed), f"nothing in {part} was trained"
+
+
+def test_resume_refuses_a_changed_recipe(qata_root, tmp_path):
+    from lga_export.errors import LGAError
+
+    train(get_preset("tiny"), _settings(qata_root, tmp_path / "run", max_steps=1, val_limit=1))
+    with pytest.raises(LGAError, match="lr 0.001 -> 0.002"):
+        train(get_preset("tiny"), _settings(qata_root, tmp_path / "run", max_steps=2, lr=2e-3, resume=True))

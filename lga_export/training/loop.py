@@ -26,6 +26,8 @@ from lga_export.fileio import atomic_file
 log = logging.getLogger(__name__)
 
 BEST_FILE = "best.safetensors"
+_RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "augment", "grad_clip",
+                  "train_split", "val_split", "train_limit", "val_limit")  # must not change on --resume
 OUTPUT_FILES = (BEST_FILE, "metrics.csv", "metrics.jsonl", "steps.csv", "learning_curve.png", "train.json")
 
 
@@ -151,10 +153,17 @@ def train(config: LGAConfig, settings: TrainSettings, sam_checkpoint: Path | Non
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     progress: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": -1, "history": [], "steps": [],
                                 "elapsed_s": 0.0}
+    recipe = {k: getattr(settings, k) for k in _RECIPE_FIELDS}
     if state is not None:
+        saved = state["progress"].get("recipe", {})
+        changed = {k: (saved[k], recipe[k]) for k in recipe if k in saved and saved[k] != recipe[k]}
+        if changed:
+            raise LGAError("--resume needs the options of the saved run; changed: " +
+                           ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         progress = state["progress"]
+    progress["recipe"] = recipe
 
     embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
     dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed)

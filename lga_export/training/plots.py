@@ -32,6 +32,7 @@ def learning_curve(history: list[dict[str, Any]], steps: list[dict[str, Any]], p
     left.legend()
     right.set_xlabel("epoch")
     right.set_ylim(0, 1)
+    right.set_xlim(left=0)
     right.legend()
     right.grid(alpha=0.3)
     fig.tight_layout()
