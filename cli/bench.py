@@ -2,14 +2,74 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from lga_export.cli.common import (CheckpointOption, PresetOption, SamCheckpointOption, TextModelOption,
+                                   ablation_overrides, quiet_libraries, user_errors)
 
 app = typer.Typer(help="Latency and Dice parity of every backend against the PyTorch FP32 reference.",
                   add_completion=False, pretty_exceptions_enable=False)
 
 
-@app.callback(invoke_without_command=True)
-def main() -> None:
-    """Not implemented yet: see the lga-bench issue."""
-    typer.echo("lga-bench: not available yet in this version", err=True)
-    raise typer.Exit(code=2)
+def _ints(text: str, option: str) -> list[int]:
+    from lga_export.errors import LGAError
+
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise LGAError(f"{option} takes comma-separated integers, not {text!r}") from None
+
+
+@app.command()
+@user_errors
+def bench(
+    preset: Optional[str] = PresetOption,
+    checkpoint: Optional[Path] = CheckpointOption,
+    sam_checkpoint: Optional[Path] = SamCheckpointOption,
+    text_model: Optional[str] = TextModelOption,
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Existing export folder (default: export into OUT/onnx)."),
+    engines: Optional[Path] = typer.Option(None, "--engines", help="TensorRT engine folder from lga-export trt."),
+    backends: str = typer.Option("torch,torch-compile,ort,trt", "--backends", help="Comma list of torch, "
+                                 "torch-compile, ort, trt. PyTorch FP32 eager always runs as the reference."),
+    precision: str = typer.Option("fp32,fp16,bf16,int8", "--precision", help="Comma list of fp32, fp16, bf16, int8; "
+                                  "pairs a backend cannot run are listed as skipped with the reason."),
+    batch: str = typer.Option("1,2", "--batch", help="Comma list of batch sizes."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data root with qata-cov19/ (LViT layout; default "
+                                        "../shared/data when present, else built-in samples)."),
+    samples: int = typer.Option(8, "--samples", help="Validation images used for parity."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed iterations before each measurement."),
+    iters: int = typer.Option(10, "--iters", help="Timed iterations per measurement."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime "
+                                          "(default: torch's current setting)."),
+    ort_providers: Optional[str] = typer.Option(None, "--ort-providers", help="Comma list of ONNX Runtime providers "
+                                                "(default: CUDA when present, then CPU)."),
+    exclude: Optional[str] = typer.Option(None, "--exclude", help="Comma list of backend-precision pairs not to "
+                                          "run, e.g. torch-fp16 (listed as skipped)."),
+    matmul_size: int = typer.Option(2048, "--matmul-size", help="Side of the square MatMul that measures the FP32 peak."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="Output folder (written atomically)."),
+    min_dice_agreement: Optional[float] = typer.Option(None, "--min-dice-agreement", help="Gate: worst per-sample "
+                                                       "mask Dice vs the reference, every backend (exit 3 below)."),
+    max_latency_ratio: Optional[float] = typer.Option(None, "--max-latency-ratio", help="Gate: image-graph p50 "
+                                                      "latency / PyTorch FP32's, every other backend (exit 3 above)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> None:
+    """Benchmark every backend and precision; writes results.json, report.md and PNG plots.
+
+    Exit 3 when a gate fails (the report is still written), 2 on a user error.
+    """
+    quiet_libraries()
+    from lga_export.bench import BenchSettings, run_benchmark
+    from lga_export.loading import load_model
+
+    settings = BenchSettings(backends=backends, precisions=precision, batches=_ints(batch, "--batch"),
+                             samples=samples, warmup=warmup, iters=iters, threads=threads, data_root=data,
+                             engines_dir=engines, matmul_size=matmul_size,
+                             exclude=[e.strip() for e in exclude.split(",")] if exclude else [],
+                             ort_providers=[p.strip() for p in ort_providers.split(",")] if ort_providers else None,
+                             min_dice_agreement=min_dice_agreement, max_latency_ratio=max_latency_ratio)
+    model = load_model(preset, checkpoint, sam_checkpoint, ablation_overrides(text_model))
+    run_benchmark(model, out, settings, onnx_dir=onnx, force=force, log=typer.echo)
+    typer.echo(f"wrote {out}/results.json, {out}/report.md and plots")

@@ -1,0 +1,63 @@
+"""What the numbers were measured on: CPU, cores, GPU, load, library versions, peak memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from importlib import metadata
+from typing import Any
+
+_EXTRA_LIBRARIES = ("matplotlib", "tensorrt", "onnxruntime-gpu")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags that decide FP32/BF16/INT8 speed on x86 (avx512*, amx*, avx2, fma)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni")))
+    except OSError:
+        pass
+    return []
+
+
+def gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def library_versions() -> dict[str, str]:
+    from lga_export.export.manifest import library_versions as export_versions
+
+    versions = export_versions()
+    for name in _EXTRA_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def machine_info() -> dict[str, Any]:
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cores": os.cpu_count(),
+            "platform": platform.platform(), "gpu": gpu_name(), "load_average_start": list(os.getloadavg())}
+
+
+def peak_rss_mb() -> float:
+    """The process's resident-set high-water mark so far (monotonic over the run), in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
