@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, opset: int = 
             start = time.perf_counter()
             log(f"exporting {spec.name} (traced at batch {sizes['batch']}) ...")
             files = {"fp32": export_graph(modules[spec.name], spec, sample, tmp / spec.filename("fp32"), opset)}
+            gc.collect()  # the traced program is large; free it before the next graph
             if fp16:
                 log(f"converting {spec.name} to FP16 ...")
                 files["fp16"] = convert_to_fp16(files["fp32"][0], tmp / spec.filename("fp16"), spec)

@@ -27,8 +27,10 @@ class OnnxRuntimeRunner(Runner):
     backend = "ort"
 
     def __init__(self, export_dir: str | Path, precision: str = "fp32",
-                 providers: list[str] | None = None, threads: int | None = None) -> None:
+                 providers: list[str] | None = None, threads: int | None = None,
+                 low_memory: bool = False) -> None:
         super().__init__(precision)
+        self.low_memory = low_memory  # no CPU arena: memory goes back after each run (validation)
         self.export_dir = Path(export_dir)
         self.requested = providers or ["CPUExecutionProvider"]
         self.threads = threads
@@ -51,6 +53,8 @@ class OnnxRuntimeRunner(Runner):
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if self.low_memory:
+            options.enable_cpu_mem_arena = False
         for graph in ("text_encoder", "lga_image"):
             self.sessions[graph] = ort.InferenceSession(str(self.graph_path(graph)), options,
                                                         providers=self.requested)
