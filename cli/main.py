@@ -56,7 +56,8 @@ def demo(
     force: bool = typer.Option(False, "--force", help="Replace an existing demo folder."),
 ) -> None:
     """The main job on the embedded default model: summary, ONNX export (FP32 + FP16) validated
-    against PyTorch on real images, and masks drawn by the exported graphs."""
+    against PyTorch on real images, masks drawn by the exported graphs, and lga-bench's report
+    (PyTorch FP32/BF16 vs ONNX Runtime FP32/FP16/INT8)."""
     quiet_libraries()
     from lga_export.demo import run_demo
 

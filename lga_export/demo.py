@@ -1,5 +1,5 @@
 """The README's main job on the embedded default model: summary, ONNX export with validation,
-masks drawn by the exported graphs."""
+masks drawn by the exported graphs, and a benchmark of PyTorch against ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from PIL import Image
 
 
 def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = print) -> dict:
+    from lga_export.bench import BenchSettings, run_benchmark
     from lga_export.export.exporter import export_onnx
     from lga_export.export.report import render_validation
     from lga_export.fileio import atomic_dir
@@ -37,4 +38,8 @@ def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = pri
         for sample, result in zip(samples, results):
             Image.fromarray(overlay(sample.rgb, result.mask)).save(tmp / "masks" / f"{Path(sample.name).stem}_overlay.png")
         log(f"overlays of {len(samples)} samples from {source} (ONNX Runtime FP32) in {out / 'masks'}")
+        settings = BenchSettings(backends=["torch", "ort"], precisions=["fp32", "bf16", "fp16", "int8"],
+                                 batches=[1], samples=8, warmup=1, iters=5, exclude=["torch-fp16"])
+        run_benchmark(model, tmp / "bench", settings, onnx_dir=tmp / "onnx", log=log)
+        log((tmp / "bench" / "report.md").read_text())
     return manifest
