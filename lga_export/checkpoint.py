@@ -66,6 +66,20 @@ def _mismatch_hint(path: Path, state: dict[str, torch.Tensor], config: LGAConfig
     return ""
 
 
+def _check_state(path: Path, found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str,
+                 hint: str = "", unexpected: list[str] | None = None) -> None:
+    """One error naming the file and the first missing/unexpected keys or the first shape mismatch."""
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(set(unexpected or ()) | (found.keys() - expected.keys()))
+    if missing or unexpected:
+        raise LGAError(f"{path}: does not match {what}: {len(missing)} missing keys {missing[:3]}, "
+                       f"{len(unexpected)} unexpected keys {unexpected[:3]}{hint}")
+    for key, tensor in found.items():
+        if tensor.shape != expected[key].shape:
+            raise LGAError(f"{path}: {key} has shape {tuple(tensor.shape)}, {what} needs "
+                           f"{tuple(expected[key].shape)}{hint}")
+
+
 def load_sam_checkpoint(model: nn.Module, path: str | Path) -> SamLoadReport:
     """Load SAM's image encoder, mask decoder and dense positional encoding into `model`."""
     path = Path(path)
@@ -84,16 +98,8 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path) -> SamLoadReport:
         else:
             unexpected.append(key)
     expected = {k for k in ours if k.startswith(_SAM_PARTS + (_OUR_PE,))}
-    missing = sorted(expected - mapped.keys())
-    unexpected += sorted(k for k in mapped if k not in expected)
     hint = _mismatch_hint(path, state, model.config)
-    if missing or unexpected:
-        raise LGAError(f"{path}: does not match SAM {model.config.preset}: {len(missing)} missing keys "
-                       f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}{hint}")
-    for key, tensor in mapped.items():
-        if tensor.shape != ours[key].shape:
-            raise LGAError(f"{path}: {key} has shape {tuple(tensor.shape)}, SAM {model.config.preset} "
-                           f"needs {tuple(ours[key].shape)}{hint}")
+    _check_state(path, mapped, {k: ours[k] for k in expected}, f"SAM {model.config.preset}", hint, unexpected)
     model.load_state_dict(mapped, strict=False)
     return SamLoadReport(loaded=len(mapped), ignored=tuple(ignored))
 
@@ -155,15 +161,6 @@ def load_lga_checkpoint(path: str | Path, *, config: LGAConfig | None = None,
         state = load_file(str(path))
     except Exception as exc:
         raise LGAError(f"{path}: weights unreadable, truncated or corrupt ({exc})") from exc
-    expected = _stored_state(model)
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    if missing or unexpected:
-        raise LGAError(f"{path}: weights do not match its {config.preset} config: {len(missing)} missing "
-                       f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise LGAError(f"{path}: {key} has shape {tuple(tensor.shape)}, the config needs "
-                           f"{tuple(expected[key].shape)}")
+    _check_state(path, state, _stored_state(model), f"its {config.preset} config")
     model.load_state_dict(state, strict=False)
     return model

@@ -3,7 +3,6 @@ graph files of one precision, read defensively (the exporter owns the format).""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +11,18 @@ from lga_export.errors import LGAError
 from lga_export.export.specs import GraphSpec, graph_specs
 from lga_export.fileio import sha256_file
 
-EXPORT_MANIFEST = "manifest.json"
-
-
 def read_export_manifest(onnx_dir: Path) -> dict[str, Any]:
     """The exporter's manifest.json, or a one-line error naming the fix."""
-    path = Path(onnx_dir) / EXPORT_MANIFEST
-    if not path.is_file():
-        raise LGAError(f"{path} not found; export first with: lga-export onnx --out {onnx_dir}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LGAError(f"{path} is not valid JSON ({exc}); re-export with lga-export onnx") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-        raise LGAError(f"{path} has no model config; re-export with lga-export onnx")
-    return manifest
+    from lga_export.export.manifest import read_manifest
+
+    return read_manifest(onnx_dir)
 
 
 def export_config(manifest: dict[str, Any]) -> LGAConfig:
     """The LGAConfig the graphs were exported from."""
-    return LGAConfig.from_json(json.dumps(manifest["config"]))
+    from lga_export.export.manifest import manifest_config
+
+    return manifest_config(manifest)
 
 
 def select_onnx(onnx_dir: Path, precision: str, specs: tuple[GraphSpec, ...] | None = None,

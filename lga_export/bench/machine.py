@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import resource
-from importlib import metadata
 from typing import Any
 
 _EXTRA_LIBRARIES = ("matplotlib", "tensorrt", "onnxruntime-gpu")
@@ -44,13 +43,7 @@ def gpu_name() -> str | None:
 def library_versions() -> dict[str, str]:
     from lga_export.export.manifest import library_versions as export_versions
 
-    versions = export_versions()
-    for name in _EXTRA_LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+    return export_versions(extra=_EXTRA_LIBRARIES)
 
 
 def machine_info() -> dict[str, Any]:

@@ -17,9 +17,10 @@ _LIBRARIES = ("lga-export", "torch", "onnx", "onnxruntime", "onnxscript", "onnxc
               "transformers", "segment-anything", "numpy")
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Installed versions of the libraries that shape an export or a measurement."""
     versions = {"python": platform.python_version()}
-    for name in _LIBRARIES:
+    for name in _LIBRARIES + tuple(extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -28,13 +29,17 @@ def library_versions() -> dict[str, str]:
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """The export folder's manifest, or a one-line error naming the fix."""
     path = Path(export_dir) / MANIFEST
     if not path.is_file():
-        raise LGAError(f"{export_dir}: no {MANIFEST}; give a folder written by `lga-export onnx`")
+        raise LGAError(f"{path} not found; export first with: lga-export onnx --out {export_dir}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LGAError(f"{path}: corrupt manifest ({exc}); re-run `lga-export onnx --force`") from exc
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LGAError(f"{path} is not valid JSON ({exc}); re-export with lga-export onnx --force") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise LGAError(f"{path} has no model config; re-export with lga-export onnx --force")
+    return manifest
 
 
 def manifest_config(manifest: dict[str, Any]) -> LGAConfig:
