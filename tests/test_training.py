@@ -134,3 +134,20 @@ def test_resume_refuses_a_changed_recipe(qata_root, tmp_path):
     train(get_preset("tiny"), _settings(qata_root, tmp_path / "run", max_steps=1, val_limit=1))
     with pytest.raises(LGAError, match="lr 0.001 -> 0.002"):
         train(get_preset("tiny"), _settings(qata_root, tmp_path / "run", max_steps=2, lr=2e-3, resume=True))
+
+
+def test_cached_text_embedding_is_the_inference_one_even_in_train_mode():
+    """The frozen text encoder's dropout must not leak into the cached report vectors."""
+    from lga_export.build import build_lga
+    from lga_export.modeling.text_encoder import load_tokenizer
+    from lga_export.training.text_cache import TextEmbedder
+
+    model = build_lga(get_preset("tiny"))
+    texts = ["Bilateral pulmonary infection, two infected areas, midlle lower left lung..", "Unilateral."]
+    enc = load_tokenizer(model.config.text_model)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.encode_text(enc["input_ids"], enc["attention_mask"])  # eval mode
+        model.train()
+        cached = TextEmbedder(model, texts)(texts)
+    assert model.text_encoder.backbone.training  # mode restored
+    torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-5)

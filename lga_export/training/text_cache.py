@@ -26,16 +26,9 @@ class TextEmbedder:
         self.cached = not self.query and not config.train_text_encoder
         self.pooled: dict[str, torch.Tensor] = {}
         self.tokenizer = None if self.query else load_tokenizer(config.text_model)
+        self.batch_size = batch_size
         if self.cached:
-            unique = sorted(set(texts))
-            backbone = model.text_encoder.backbone
-            with torch.no_grad():
-                for start in range(0, len(unique), batch_size):
-                    chunk = unique[start:start + batch_size]
-                    ids, mask = self._tokens(chunk)
-                    hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-                    for text, vector in zip(chunk, mean_pool(hidden, mask)):
-                        self.pooled[text] = vector.clone()
+            self.add(texts)
 
     def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(list(texts), padding=True, truncation=True,
@@ -45,13 +38,21 @@ class TextEmbedder:
     def add(self, texts: Iterable[str]) -> None:
         """Cache more reports (e.g. the validation split's)."""
         missing = sorted(set(texts) - self.pooled.keys())
-        if self.cached and missing:
-            backbone = self.model.text_encoder.backbone
+        if not (self.cached and missing):
+            return
+        backbone = self.model.text_encoder.backbone
+        was_training = backbone.training
+        backbone.eval()  # a frozen encoder runs as at inference: no dropout in the cached vectors
+        try:
             with torch.no_grad():
-                ids, mask = self._tokens(missing)
-                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-                for text, vector in zip(missing, mean_pool(hidden, mask)):
-                    self.pooled[text] = vector.clone()
+                for start in range(0, len(missing), self.batch_size):
+                    chunk = missing[start:start + self.batch_size]
+                    ids, mask = self._tokens(chunk)
+                    hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+                    for text, vector in zip(chunk, mean_pool(hidden, mask)):
+                        self.pooled[text] = vector.clone()
+        finally:
+            backbone.train(was_training)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         if self.query:
