@@ -55,9 +55,12 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's outputs."),
     force: bool = typer.Option(False, "--force", help="Replace an existing demo folder."),
 ) -> None:
-    """The main job on the embedded default model: summary, ONNX export (FP32 + FP16) validated
-    against PyTorch on real images, masks drawn by the exported graphs, and lga-bench's report
-    (PyTorch FP32/BF16 vs ONNX Runtime FP32/FP16/INT8)."""
+    """Run the main job on the embedded default model: export, validate, segment, benchmark.
+
+    Prints the model summary, exports FP32 + FP16 ONNX graphs validated against PyTorch on
+    real images, draws masks with the exported graphs, and ends with lga-bench's report
+    (PyTorch FP32/BF16 vs ONNX Runtime FP32/FP16/INT8).
+    """
     quiet_libraries()
     from lga_export.demo import run_demo
 
