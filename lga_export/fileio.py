@@ -17,6 +17,17 @@ from pathlib import Path
 from lga_export.errors import LGAError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publishable(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create owner-only entries; give the result the usual umask-based mode."""
+    os.chmod(path, mode & ~_umask())
+
+
 def refuse_overwrite(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise LGAError(f"{path} already exists; pass --force to overwrite it")
@@ -33,6 +44,7 @@ def atomic_file(path: str | Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _publishable(tmp, 0o666)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -47,6 +59,7 @@ def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
+        _publishable(tmp, 0o777)
         if path.exists():
             backup = path.with_name(f".{path.name}.old")
             shutil.rmtree(backup, ignore_errors=True)

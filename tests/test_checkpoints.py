@@ -102,3 +102,19 @@ def test_cli_reports_corrupt_checkpoint_with_exit_code_2(tmp_path, tiny_model):
         assert result.exit_code == 2, result.output
         assert str(bad) in result.output
         assert "Traceback" not in result.output
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from lga_export.fileio import atomic_dir, atomic_file
+
+    with atomic_file(tmp_path / "f.txt") as tmp:
+        tmp.write_text("x")
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "inner").write_text("y")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
