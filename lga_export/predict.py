@@ -44,20 +44,11 @@ def open_segmenter(model_ref: Path | None):
 
 def read_text_file(path: Path) -> dict[str, str]:
     """Image name -> report from an LViT text file (.csv with , or ;, or .xlsx)."""
-    import pandas as pd
+    from lga_export.data.lvit import reports_by_image
 
     if not path.is_file():
         raise LGAError(f"{path}: no such text file")
-    try:
-        frame = pd.read_excel(path) if path.suffix.lower() in (".xlsx", ".xls") else \
-            pd.read_csv(path, sep=None, engine="python")
-    except Exception as exc:
-        raise LGAError(f"{path}: not a readable text table ({exc.__class__.__name__})") from exc
-    column = next((c for c in ("Description", "text") if c in frame.columns), None)
-    if "Image" not in frame.columns or column is None:
-        raise LGAError(f"{path}: needs columns Image and Description (or text); has {list(frame.columns)}")
-    names = frame["Image"].astype(str).str.replace(r"^mask_", "", regex=True)
-    return dict(zip(names, frame[column].fillna("").astype(str)))
+    return reports_by_image(path)
 
 
 def _jobs(image: Path | None, text: str | None, images: Path | None, text_file: Path | None) -> list[tuple[Path, str]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lga_export.data.lvit import reports_by_image
 from lga_export.preprocess import load_mask, load_rgb
 
 _REPORTS = (
@@ -40,19 +41,9 @@ def default_data_root() -> Path | None:
     return None
 
 
-def read_lvit_text(csv_path: Path) -> dict[str, str]:
-    """Image name -> report from an LViT text CSV (QaTa names masks `mask_<image>`)."""
-    import pandas as pd
-
-    frame = pd.read_csv(csv_path, sep=None, engine="python")
-    text_column = "Description" if "Description" in frame.columns else "text"
-    names = frame["Image"].astype(str).str.replace(r"^mask_", "", regex=True)
-    return dict(zip(names, frame[text_column].astype(str)))
-
-
 def qata_samples(root: Path, count: int, split: str = "Val") -> list[Sample]:
     folder = root / "qata-cov19" / f"{split}_Folder"
-    reports = read_lvit_text(folder / f"{split}_text.csv")
+    reports = reports_by_image(folder / f"{split}_text.csv")
     samples = []
     for name in sorted(reports)[:count]:
         mask_path = folder / "labelcol" / f"mask_{name}"

@@ -21,8 +21,9 @@ def run_samples(segmenter: Segmenter, samples: list, batch: int) -> tuple[np.nda
     texts, logits = [], []
     for part in chunks(len(samples), batch):
         group = samples[part]
-        texts.append(segmenter.text_embeddings([s.text for s in group]))
-        logits.append(segmenter.logits([s.rgb for s in group], [s.text for s in group]))
+        embedding = segmenter.text_embeddings([s.text for s in group])
+        texts.append(embedding)
+        logits.append(segmenter.image_logits([s.rgb for s in group], embedding))
     return np.concatenate(texts), np.concatenate(logits)
 
 

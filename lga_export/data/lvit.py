@@ -100,6 +100,11 @@ def read_text_table(path: str | Path) -> dict[str, str]:
     return texts
 
 
+def reports_by_image(path: str | Path) -> dict[str, str]:
+    """{image file name: report}: QaTa tables key the report by the mask name `mask_<image>`."""
+    return {key.removeprefix(_MASK_PREFIX): text for key, text in read_text_table(path).items()}
+
+
 def _text_for(texts: dict[str, str], image_name: str, mask_name: str) -> str | None:
     """Tables key the text by the mask name (QaTa) or the image name (MoNuSeg, MosMed)."""
     for key in (mask_name, image_name, _MASK_PREFIX + image_name):

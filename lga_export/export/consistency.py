@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
-from lga_export.export.manifest import graph_file, read_manifest
+from lga_export.export.manifest import graph_file
 from lga_export.export.specs import graph_specs
 
 
@@ -20,7 +20,6 @@ def _graph_io(path: Path) -> dict[str, tuple]:
 
 def check_export(export_dir: Path, config: LGAConfig, precision: str = "fp32") -> None:
     """Every graph's static I/O sizes must equal the manifest config's (preset, widths)."""
-    read_manifest(export_dir)
     for spec in graph_specs(config):
         found = _graph_io(graph_file(export_dir, spec.name, precision))
         for tensor in spec.inputs + spec.outputs:

@@ -44,12 +44,17 @@ class Segmenter:
         feeds = tokenize(self.tokenizer, texts, self.config.max_text_length)
         return self.runner.infer("text_encoder", feeds)["text_embedding"]
 
+    def image_logits(self, images: list[np.ndarray], embedding: np.ndarray) -> np.ndarray:
+        """Mask logits for images whose text embeddings are already computed."""
+        if len(images) != len(embedding):
+            raise LGAError(f"{len(images)} images but {len(embedding)} texts; give one report per image")
+        batch = np.stack([normalize(rgb, self.config) for rgb in images])
+        return self.runner.infer("lga_image", {"image": batch, "text_embedding": embedding})["mask_logits"]
+
     def logits(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray:
         if len(images) != len(texts):
             raise LGAError(f"{len(images)} images but {len(texts)} texts; give one report per image")
-        batch = np.stack([normalize(rgb, self.config) for rgb in images])
-        embedding = self.text_embeddings(texts)
-        return self.runner.infer("lga_image", {"image": batch, "text_embedding": embedding})["mask_logits"]
+        return self.image_logits(images, self.text_embeddings(texts))
 
     def segment(self, images: list[np.ndarray], texts: list[str], threshold: float = 0.0) -> list[Segmentation]:
         logits = self.logits(images, texts)
