@@ -51,14 +51,19 @@ def bench(
     matmul_size: int = typer.Option(2048, "--matmul-size", help="Side of the square MatMul that measures the FP32 peak."),
     out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="Output folder (written atomically)."),
     min_dice_agreement: Optional[float] = typer.Option(None, "--min-dice-agreement", help="Gate: worst per-sample "
-                                                       "mask Dice vs the reference, every backend (exit 3 below)."),
+                                                       "mask Dice vs the reference, every backend (exit 3 below). "
+                                                       "Default: the spec's per precision (fp32 0.999, fp16/bf16 0.99, "
+                                                       "int8 0.98)."),
+    require_all: bool = typer.Option(False, "--require-all", help="Gate: every requested backend/precision must "
+                                     "run; a skipped one fails with exit 3 (GPU CI)."),
     max_latency_ratio: Optional[float] = typer.Option(None, "--max-latency-ratio", help="Gate: image-graph p50 "
                                                       "latency / PyTorch FP32's, every other backend (exit 3 above)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
     """Benchmark every backend and precision; writes results.json, report.md and PNG plots.
 
-    Exit 3 when a gate fails (the report is still written), 2 on a user error.
+    Exit 3 when a gate fails (the report is still written), or when no backend was compared; 2 on a
+    user error, including an --onnx or --engines folder of another model than the one benchmarked.
     """
     quiet_libraries()
     from lga_export.bench import BenchSettings, run_benchmark
@@ -69,7 +74,8 @@ def bench(
                              engines_dir=engines, matmul_size=matmul_size,
                              exclude=[e.strip() for e in exclude.split(",")] if exclude else [],
                              ort_providers=[p.strip() for p in ort_providers.split(",")] if ort_providers else None,
-                             min_dice_agreement=min_dice_agreement, max_latency_ratio=max_latency_ratio)
+                             min_dice_agreement=min_dice_agreement, max_latency_ratio=max_latency_ratio,
+                             require_all=require_all)
     model = load_model(preset, checkpoint, sam_checkpoint, ablation_overrides(text_model))
     run_benchmark(model, out, settings, onnx_dir=onnx, force=force, log=typer.echo)
     typer.echo(f"wrote {out}/results.json, {out}/report.md and plots")

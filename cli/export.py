@@ -19,6 +19,8 @@ def onnx(
     text_model: Optional[str] = TextModelOption,
     out: Path = typer.Option(Path("runs/onnx"), "--out", "-o", help="Export folder (created atomically)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write the FP16 graph pair (*.fp16.onnx) for TensorRT."),
+    int8: bool = typer.Option(False, "--int8", help="Also write an INT8 image graph (lga_image.int8.onnx, ONNX "
+                              "Runtime dynamic quantisation; CPU) paired with the FP32 text graph."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (the dynamo exporter needs >= 18)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check both graphs against PyTorch."),
     batch: int = typer.Option(3, "--validation-batch", help="Batch size of the validation run (not the traced one)."),
@@ -28,8 +30,9 @@ def onnx(
 ) -> None:
     """Export the text graph and the fused image graph to ONNX, then validate them.
 
-    Writes text_encoder.onnx, lga_image.onnx (and *.fp16.onnx with --fp16), the tokenizer and
-    manifest.json. A failed validation writes nothing and exits with code 3.
+    Writes text_encoder.onnx, lga_image.onnx (and *.fp16.onnx with --fp16, lga_image.int8.onnx with
+    --int8), the tokenizer and manifest.json (sha256 of every file and the model's digest). A failed
+    validation writes nothing and exits with code 3.
     """
     quiet_libraries()
     from lga_export.export.exporter import export_onnx
@@ -41,7 +44,7 @@ def onnx(
 
         raise LGAError(f"--opset {opset} is too old: the dynamo exporter writes opset 18 or newer")
     model = load_model(preset, checkpoint, sam_checkpoint, ablation_overrides(text_model))
-    manifest = export_onnx(model, out, fp16=fp16, opset=opset, force=force, validate=validate,
+    manifest = export_onnx(model, out, fp16=fp16, int8=int8, opset=opset, force=force, validate=validate,
                            validation_batch=batch, data_root=data, log=typer.echo)
     if manifest["validation"]:
         typer.echo(render_validation(manifest["validation"]))
@@ -50,8 +53,13 @@ def onnx(
 
 @user_errors
 def predict(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Export folder (ONNX) or LGA checkpoint; "
-                                         "default: the embedded default model."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Export folder (ONNX Runtime), engine folder "
+                                         "(TensorRT) or LGA checkpoint (PyTorch); default: the embedded model."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort or trt "
+                                          "(default: the one that fits --model)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and "
+                                  "the export offer."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     image: Optional[Path] = typer.Option(None, "--image", help="One image file."),
     text: Optional[str] = typer.Option(None, "--text", help="The report for --image."),
     images: Optional[Path] = typer.Option(None, "--images", help="A folder of images (with --text-file)."),
@@ -61,12 +69,17 @@ def predict(
     threshold: float = typer.Option(0.0, "--threshold", help="Logit threshold of the mask."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing mask files."),
 ) -> None:
-    """Segment images with their reports: writes <name>_mask.png and <name>_overlay.png."""
+    """Segment images with their reports: writes <name>_mask.png and <name>_overlay.png.
+
+    Images: PNG, JPEG, TIFF (8/16-bit, float) and DICOM. Every input is checked before the first
+    inference and all outputs are published together; NaN/Inf logits exit 3 and write nothing.
+    """
     quiet_libraries()
     from lga_export.predict import predict_files
 
     written = predict_files(model, image=image, text=text, images=images, text_file=text_file, out=out,
-                            threshold=threshold, force=force)
+                            threshold=threshold, force=force, backend=backend, precision=precision, device=device,
+                            progress=True)
     for path in written:
         typer.echo(f"wrote {path}")
 

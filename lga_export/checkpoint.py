@@ -6,6 +6,7 @@ on the CPU, LGA checkpoints are safetensors with the config as JSON metadata.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,17 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path) -> SamLoadReport:
     _check_state(path, mapped, {k: ours[k] for k in expected}, f"SAM {model.config.preset}", hint, unexpected)
     model.load_state_dict(mapped, strict=False)
     return SamLoadReport(loaded=len(mapped), ignored=tuple(ignored))
+
+
+def model_digest(model: nn.Module) -> str:
+    """sha256 of the model's config and every weight (name, dtype, shape, bytes): what an
+    export or engine records, so an artefact of another model is refused."""
+    digest = hashlib.sha256(model.config.to_json().encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _stored_state(model: nn.Module) -> dict[str, torch.Tensor]:

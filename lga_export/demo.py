@@ -15,10 +15,9 @@ def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = pri
     from lga_export.export.report import render_validation
     from lga_export.fileio import atomic_dir
     from lga_export.loading import default_checkpoint, load_model
-    from lga_export.modeling.text_encoder import load_tokenizer
     from lga_export.predict import overlay
-    from lga_export.runtime.ort_runner import OnnxRuntimeRunner
     from lga_export.runtime.pipeline import Segmenter
+    from lga_export.runtime.registry import open_runner
     from lga_export.samples import validation_samples
     from lga_export.summary import model_summary, render_summary
 
@@ -27,12 +26,11 @@ def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = pri
     model = load_model()
     log(render_summary(model_summary(model)))
     with atomic_dir(out, force=force) as tmp:
-        manifest = export_onnx(model, tmp / "onnx", fp16=True, validation_batch=3, log=log)
+        manifest = export_onnx(model, tmp / "onnx", fp16=True, int8=True, validation_batch=3, log=log)
         log(render_validation(manifest["validation"]))
         samples, source = validation_samples(4)
-        with OnnxRuntimeRunner(tmp / "onnx") as runner:
-            segmenter = Segmenter(runner, load_tokenizer(str(tmp / "onnx" / "tokenizer")), model.config)
-            results = segmenter.segment([s.rgb for s in samples], [s.text for s in samples])
+        with open_runner("ort", tmp / "onnx", model_digest=manifest["model_digest"]) as runner:
+            results = Segmenter(runner).segment([s.rgb for s in samples], [s.text for s in samples])
         (tmp / "masks").mkdir()
         for sample, result in zip(samples, results):
             Image.fromarray(overlay(sample.rgb, result.mask)).save(tmp / "masks" / f"{Path(sample.name).stem}_overlay.png")

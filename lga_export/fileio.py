@@ -72,6 +72,32 @@ def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_files(folder: str | Path, names: list[str], force: bool = False) -> Iterator[dict[str, Path]]:
+    """Stage several files of one folder and publish them together, only when the block succeeds
+    (all or nothing: a failure or an interrupt leaves none of them)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LGAError(f"{folder} is a file, not a folder; give another --out")
+    if len(set(names)) != len(names):
+        raise LGAError(f"two outputs would be called {sorted({n for n in names if names.count(n) > 1})[:3]}; "
+                       f"rename the inputs so their names differ")
+    for name in names:
+        refuse_overwrite(folder / name, force)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".partial", dir=folder))
+    try:
+        yield {name: staging / name for name in names}
+        for name in names:
+            _publishable(staging / name, 0o666)
+            os.replace(staging / name, folder / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a failure leaves no empty folder behind either
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

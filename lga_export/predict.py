@@ -1,4 +1,8 @@
-"""`lga-export predict`: masks and overlays for images and their reports, on any backend."""
+"""`lga-export predict`: masks and overlays for images and their reports, on any backend.
+
+Everything is checked before the first inference (inputs, reports, output names, overwrites),
+and the outputs are staged and published together: a failure leaves none of them.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lga_export.errors import LGAError
-from lga_export.fileio import atomic_file, refuse_overwrite
-from lga_export.preprocess import load_rgb
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-
-
-def open_segmenter(model_ref: Path | None):
-    """A Segmenter for an ONNX export folder, an LGA checkpoint, or the embedded default model."""
-    from lga_export.runtime.pipeline import Segmenter
-
-    if model_ref is not None and Path(model_ref).is_dir():
-        from lga_export.export.consistency import check_export, check_tokenizer
-        from lga_export.export.manifest import TOKENIZER_DIR, manifest_config, read_manifest
-        from lga_export.modeling.text_encoder import load_tokenizer
-        from lga_export.runtime.ort_runner import OnnxRuntimeRunner
-
-        config = manifest_config(read_manifest(model_ref))
-        check_export(Path(model_ref), config)
-        runner = OnnxRuntimeRunner(model_ref)
-        tokenizer = load_tokenizer(str(Path(model_ref) / TOKENIZER_DIR))
-        check_tokenizer(Path(model_ref), tokenizer)
-    else:
-        from lga_export.loading import load_model
-        from lga_export.modeling.text_encoder import load_tokenizer
-        from lga_export.runtime.torch_runner import TorchRunner
-
-        model = load_model(checkpoint=model_ref)
-        config = model.config
-        runner = TorchRunner(model)
-        tokenizer = load_tokenizer(config.text_model)
-    runner.activate()
-    return Segmenter(runner, tokenizer, config)
+from lga_export.errors import LGAError, ValidationFailed
+from lga_export.fileio import atomic_files
+from lga_export.imageio import IMAGE_SUFFIXES, read_image
 
 
 def read_text_file(path: Path) -> dict[str, str]:
@@ -47,24 +21,35 @@ def read_text_file(path: Path) -> dict[str, str]:
     from lga_export.data.lvit import reports_by_image
 
     if not path.is_file():
-        raise LGAError(f"{path}: no such text file")
+        raise LGAError(f"{path}: no such text file; give the LViT text table (.csv or .xlsx) of the images")
     return reports_by_image(path)
 
 
-def _jobs(image: Path | None, text: str | None, images: Path | None, text_file: Path | None) -> list[tuple[Path, str]]:
+def collect_jobs(image: Path | None, text: str | None, images: Path | None,
+                 text_file: Path | None) -> list[tuple[Path, str]]:
+    """(image file, report) pairs, refused up front when a report is missing or empty."""
     if image is not None:
+        if images is not None or text_file is not None:
+            raise LGAError("give --image with --text, or --images with --text-file, not both")
         if text is None:
             raise LGAError("--image needs --text with its report")
+        if not text.strip():
+            raise LGAError(f"empty text for {image.name}: every image needs a report")
         return [(image, text)]
     if images is None or text_file is None:
         raise LGAError("give --image with --text, or --images with --text-file")
     if not images.is_dir():
         raise LGAError(f"{images}: not a folder of images")
     reports = read_text_file(text_file)
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise LGAError(f"{images}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}); give the folder that holds them")
     missing = [p.name for p in files if p.name not in reports]
     if missing:
         raise LGAError(f"{text_file}: no report for {len(missing)} images, e.g. {missing[:3]}")
+    empty = [p.name for p in files if not reports[p.name].strip()]
+    if empty:
+        raise LGAError(f"{text_file}: empty report for {len(empty)} images, e.g. {empty[:3]}; fill in their rows")
     return [(p, reports[p.name]) for p in files]
 
 
@@ -78,25 +63,37 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarra
     return out.clip(0, 255).astype(np.uint8)
 
 
-def _save_png(array: np.ndarray, path: Path, force: bool) -> Path:
-    with atomic_file(path, force=force) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-    return path
+def output_names(path: Path) -> tuple[str, str]:
+    return f"{path.stem}_mask.png", f"{path.stem}_overlay.png"
 
 
 def predict_files(model_ref: Path | None, *, image: Path | None = None, text: str | None = None,
                   images: Path | None = None, text_file: Path | None = None, out: Path = Path("runs/predict"),
-                  threshold: float = 0.0, force: bool = False, batch_size: int = 4) -> list[Path]:
-    jobs = _jobs(image, text, images, text_file)
-    for path, _ in jobs:  # fail before any work when an output would be overwritten
-        refuse_overwrite(out / f"{path.stem}_mask.png", force)
-    rgbs = [load_rgb(path) for path, _ in jobs]
-    segmenter = open_segmenter(model_ref)
-    written: list[Path] = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = slice(start, start + batch_size)
-        results = segmenter.segment(rgbs[chunk], [t for _, t in jobs[chunk]], threshold)
-        for (path, _), rgb, result in zip(jobs[chunk], rgbs[chunk], results):
-            written.append(_save_png(result.mask.astype(np.uint8) * 255, out / f"{path.stem}_mask.png", force))
-            written.append(_save_png(overlay(rgb, result.mask), out / f"{path.stem}_overlay.png", force))
-    return written
+                  threshold: float = 0.0, force: bool = False, batch_size: int = 4, backend: str | None = None,
+                  precision: str = "fp32", device: str = "cpu", progress: bool = False) -> list[Path]:
+    """Segment every (image, report) pair; returns the files written (mask, overlay per image)."""
+    from tqdm import tqdm
+
+    from lga_export.runtime.pipeline import Segmenter
+    from lga_export.runtime.registry import open_runner
+
+    if batch_size < 1:
+        raise LGAError(f"--batch-size must be at least 1, not {batch_size}")
+    jobs = collect_jobs(image, text, images, text_file)
+    names = [name for path, _ in jobs for name in output_names(path)]
+    with atomic_files(out, names, force=force) as staged:
+        rgbs = [read_image(path) for path, _ in jobs]  # every image readable before any inference
+        with open_runner(backend, model_ref, precision, device) as runner:
+            segmenter = Segmenter(runner)
+            for start in tqdm(range(0, len(jobs), batch_size), desc="predict", unit="batch", disable=not progress):
+                chunk = slice(start, start + batch_size)
+                results = segmenter.segment(rgbs[chunk], [t for _, t in jobs[chunk]], threshold)
+                bad = [path.name for (path, _), r in zip(jobs[chunk], results) if not np.isfinite(r.logits).all()]
+                if bad:
+                    raise ValidationFailed(f"the model produced NaN/Inf logits for {bad[:3]}; nothing was written - "
+                                           f"check the checkpoint's weights (re-export or retrain it)")
+                for (path, _), rgb, result in zip(jobs[chunk], rgbs[chunk], results):
+                    mask_name, overlay_name = output_names(path)
+                    Image.fromarray(result.mask.astype(np.uint8) * 255).save(staged[mask_name], format="PNG")
+                    Image.fromarray(overlay(rgb, result.mask)).save(staged[overlay_name], format="PNG")
+    return [out / name for name in names]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lga_export.data.lvit import reports_by_image
-from lga_export.preprocess import load_mask, load_rgb
+from lga_export.imageio import read_image, read_mask
 
 _REPORTS = (
     "Bilateral pulmonary infection, two infected areas, all left lung and all right lung.",
@@ -47,8 +47,8 @@ def qata_samples(root: Path, count: int, split: str = "Val") -> list[Sample]:
     samples = []
     for name in sorted(reports)[:count]:
         mask_path = folder / "labelcol" / f"mask_{name}"
-        samples.append(Sample(name, load_rgb(folder / "img" / name), reports[name],
-                              load_mask(mask_path) if mask_path.is_file() else None))
+        samples.append(Sample(name, read_image(folder / "img" / name), reports[name],
+                              read_mask(mask_path) if mask_path.is_file() else None))
     return samples
 
 

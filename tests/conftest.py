@@ -55,3 +55,37 @@ def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth"
     torch.save(sam_model_registry["vit_b"]().state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path | None:
+    """The shared data root when present; None means the built-in samples (a fresh clone)."""
+    return DATA_ROOT if (QATA / "Val_Folder" / "img").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded trained default model (tiny on QaTa-COV19): real masks on real or built-in images."""
+    from lga_export.loading import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory, data_root) -> tuple[Path, Path]:
+    """Three X-rays (QaTa when present, else built-in samples) as PNGs, and an LViT text table."""
+    from PIL import Image
+
+    from lga_export.samples import validation_samples
+
+    folder = tmp_path_factory.mktemp("images")
+    images = folder / "img"
+    images.mkdir()
+    samples, _ = validation_samples(3, data_root)
+    rows = []
+    for sample in samples:
+        Image.fromarray(sample.rgb).save(images / Path(sample.name).with_suffix(".png").name)
+        rows.append(f'{Path(sample.name).with_suffix(".png").name},"{sample.text}"\n')
+    table = folder / "text.csv"
+    table.write_text("Image,Description\n" + "".join(rows))
+    return images, table

@@ -1,4 +1,5 @@
-"""lga-bench on the tiny preset: outputs, skipped backends with reasons, INT8 parity, gates, exit codes."""
+"""lga-bench on the embedded trained model: outputs, skipped backends with reasons, INT8 parity,
+gates (spec thresholds per precision, nothing compared fails), exit codes."""
 
 from __future__ import annotations
 
@@ -6,43 +7,26 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from lga_export.bench import BenchSettings, run_benchmark
 from lga_export.cli.bench import app
+from lga_export.export.specs import TOLERANCES
 
 FAST = ["--samples", "2", "--batch", "1", "--warmup", "0", "--iters", "2", "--matmul-size", "256", "--threads", "2"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[object, Path, Path]:
-    """A tiny model, its checkpoint (so the CLI loads the same weights) and its FP32 export."""
-    from lga_export.checkpoint import save_lga_checkpoint
-    from lga_export.export.exporter import export_onnx
-    from lga_export.loading import load_model
-
-    torch.manual_seed(0)
-    model = load_model("tiny")
-    folder = tmp_path_factory.mktemp("tiny")
-    checkpoint = folder / "tiny.safetensors"
-    save_lga_checkpoint(model, checkpoint)
-    export_onnx(model, folder / "onnx", validate=False, log=lambda _: None)
-    return model, checkpoint, folder / "onnx"
-
-
-@pytest.fixture(scope="module")
-def results(tiny, tmp_path_factory) -> tuple[dict, Path]:
-    model, _, onnx_dir = tiny
+def results(default_model, tmp_path_factory, data_root) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench") / "out"
     settings = BenchSettings(backends=["torch", "ort", "trt"], precisions=["fp32", "int8"], batches=[1, 2],
-                             samples=2, warmup=0, iters=2, threads=2, matmul_size=256)
-    return run_benchmark(model, out, settings, onnx_dir=onnx_dir, log=lambda _: None, progress=False), out
+                             samples=2, warmup=0, iters=2, threads=2, matmul_size=256, data_root=data_root)
+    return run_benchmark(default_model, out, settings, log=lambda _: None, progress=False), out
 
 
 def test_outputs_written_with_expected_keys(results) -> None:
     figures, out = results
-    assert {"results.json", "report.md", "latency.png", "parity.png"} <= {p.name for p in out.iterdir()}
+    assert {"results.json", "report.md", "latency.png", "parity.png", "onnx"} <= {p.name for p in out.iterdir()}
     stored = json.loads((out / "results.json").read_text())
     for key in ("machine", "libraries", "settings", "samples", "compute", "cases", "skipped", "gates", "peak_rss_mb"):
         assert key in stored, key
@@ -58,11 +42,13 @@ def test_outputs_written_with_expected_keys(results) -> None:
                 assert latency["p50_ms"] > 0 and len(latency["times_ms"]) == 2
                 assert {"p90_ms", "p99_ms", "mean_ms", "throughput"} <= set(latency)
             assert batch["image_gflops"] > 0
+            assert min(batch["parity"]["end_to_end"]["reference_foreground"]) > 0  # real masks compared
     ort = stored["cases"]["ort-fp32"]
     assert ort["runner"]["providers_in_use"]["lga_image"] == ["CPUExecutionProvider"]
-    assert ort["batches"]["1"]["parity"]["dice_agreement_worst"] >= 0.99
+    assert ort["batches"]["1"]["parity"]["end_to_end"]["dice_worst"] >= TOLERANCES["fp32"].min_dice
     report = (out / "report.md").read_text()
     assert "ORT FP32 / PyTorch FP32 latency" in report and "GFLOP/s" in report
+    assert stored["gates"]["passed"] and stored["gates"]["min_dice_agreement"] == {"ort-fp32": 0.999, "ort-int8": 0.98}
 
 
 def test_skipped_backends_listed_with_reasons(results) -> None:
@@ -77,17 +63,16 @@ def test_skipped_backends_listed_with_reasons(results) -> None:
 def test_int8_parity_computed(results) -> None:
     int8 = results[0]["cases"]["ort-int8"]
     parity = int8["batches"]["1"]["parity"]
-    assert len(parity["per_sample_dice_agreement"]) == 2
-    assert parity["logits_nonfinite"] == 0 and 0.0 <= parity["dice_agreement_worst"] <= 1.0
-    assert parity["text_max_abs_diff"] < 1e-3  # the text graph stays FP32
+    assert len(parity["end_to_end"]["per_sample_dice"]) == 2 and parity["end_to_end"]["nonfinite"] == 0
+    assert parity["end_to_end"]["dice_worst"] >= TOLERANCES["int8"].min_dice
+    assert parity["text_encoder"]["max_abs_diff"] < 1e-3  # the text graph stays FP32
     assert results[0]["int8"]["weight_type"] == "QInt8"
-    assert (results[1] / "int8" / "lga_image.int8.onnx").is_file()
+    assert (results[1] / "onnx" / "lga_image.int8.onnx").is_file()
 
 
-def test_failed_gate_exits_3_and_report_names_it(tiny, tmp_path) -> None:
-    _, checkpoint, onnx_dir = tiny
+def test_failed_gate_exits_3_and_report_names_it(results, tmp_path) -> None:
     out = tmp_path / "gated"
-    result = CliRunner().invoke(app, ["--checkpoint", str(checkpoint), "--onnx", str(onnx_dir), "--backends", "ort",
+    result = CliRunner().invoke(app, ["--onnx", str(results[1] / "onnx"), "--backends", "ort",
                                       "--precision", "fp32", "--max-latency-ratio", "0.000001",
                                       "--min-dice-agreement", "0.5", "--out", str(out), *FAST])
     assert result.exit_code == 3, result.output
@@ -97,11 +82,29 @@ def test_failed_gate_exits_3_and_report_names_it(tiny, tmp_path) -> None:
     assert len(failures) == 1  # the Dice gate (0.5) passes; only the latency gate fails
 
 
-def test_refuses_existing_output_and_unknown_backend(tiny, tmp_path) -> None:
-    _, checkpoint, onnx_dir = tiny
+def test_a_gate_that_compared_nothing_fails(tmp_path) -> None:
+    out = tmp_path / "nothing"
+    result = CliRunner().invoke(app, ["--backends", "trt", "--precision", "fp32", "--min-dice-agreement", "0.99",
+                                      "--out", str(out), *FAST])
+    assert result.exit_code == 3, result.output
+    assert "no backend was compared" in result.output
+    assert "no backend was compared" in (out / "report.md").read_text()
+
+
+def test_require_all_fails_on_a_skipped_case(results, tmp_path) -> None:
+    result = CliRunner().invoke(app, ["--onnx", str(results[1] / "onnx"), "--backends", "ort",
+                                      "--precision", "fp32,bf16", "--require-all", "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 3 and "ort-bf16 did not run" in result.output, result.output
+
+
+def test_refuses_existing_output_unknown_backend_and_bad_values(results, tmp_path) -> None:
     (tmp_path / "taken").mkdir()
-    base = ["--checkpoint", str(checkpoint), "--onnx", str(onnx_dir), *FAST]
-    taken = CliRunner().invoke(app, [*base, "--backends", "torch", "--precision", "fp32", "--out", str(tmp_path / "taken")])
+    base = ["--onnx", str(results[1] / "onnx")]
+    taken = CliRunner().invoke(app, [*base, *FAST, "--backends", "torch", "--precision", "fp32", "--out",
+                                     str(tmp_path / "taken")])
     assert taken.exit_code == 2 and "--force" in taken.output
-    unknown = CliRunner().invoke(app, [*base, "--backends", "tflite", "--out", str(tmp_path / "x")])
-    assert unknown.exit_code == 2 and "tflite" in unknown.output
+    for args, message in [(["--backends", "tflite"], "tflite"), (["--matmul-size", "-1"], "--matmul-size"),
+                          (["--data", str(tmp_path / "typo")], "no qata-cov19"), (["--batch", "x"], "--batch")]:
+        result = CliRunner().invoke(app, [*base, *FAST, *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert not (tmp_path / "x").exists()

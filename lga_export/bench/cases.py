@@ -1,6 +1,7 @@
-"""Which (backend, precision) pairs run here, the runner for each, and why the others do not.
+"""Which (backend, precision) pairs run here, and why the others do not.
 
-Nothing is dropped silently: every requested pair either gets a runner or a reason.
+Nothing is dropped silently: every requested pair either runs or gets a reason. Runners come
+from the runner factory like everywhere else.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lga_export.errors import LGAError
-from lga_export.runtime.base import Runner
+from lga_export.export.specs import PRECISIONS
+from lga_export.runtime.registry import RUNNERS, runner_class
 
-BACKENDS = ("torch", "torch-compile", "ort", "trt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BACKENDS = tuple(RUNNERS)
 
 
 @dataclass(frozen=True)
@@ -56,66 +57,24 @@ def _tensorrt_problem() -> str | None:
     return None
 
 
-def static_skip_reason(case: Case, device: str, engines_dir: Path | None) -> str | None:
+def static_skip_reason(case: Case, device: str, export_precisions: list[str] | None,
+                       engines_dir: Path | None) -> str | None:
     """Why `case` cannot run here, known before anything is loaded (None: try it)."""
     import torch
 
+    if case.precision not in runner_class(case.backend).precisions:
+        return f"backend {case.backend} has no {case.precision} path (it runs {runner_class(case.backend).precisions})"
     if case.backend in ("torch", "torch-compile"):
-        if case.precision == "int8":
-            return "PyTorch INT8 is not benchmarked (no INT8 path for this model); see ort-int8"
-        if case.precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        if case.precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
             return "this GPU has no BF16 support"
         return None
     if case.backend == "ort":
-        if case.precision == "bf16":
-            return "no BF16 ONNX graph is exported (ONNX Runtime's CPU provider lacks BF16 kernels for most ops)"
+        if export_precisions is not None and case.precision not in export_precisions:
+            flag = {"fp16": " --fp16", "int8": " --int8"}.get(case.precision, "")
+            return f"the export folder has no {case.precision} graphs; re-export with lga-export onnx{flag}"
         return None
     if case.backend == "trt":
         if engines_dir is None:
             return "no --engines folder given (build engines with lga-export trt)"
-        if case.precision not in ("fp32", "fp16"):
-            return f"TensorRT engines are built FP32 or FP16 only, not {case.precision}"
         return _tensorrt_problem()
-    return f"unknown backend {case.backend}"
-
-
-def default_ort_providers(device: str) -> list[str]:
-    """CUDA first where both torch and onnxruntime-gpu see a GPU, then the CPU."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in available:
-        providers.insert(0, "CUDAExecutionProvider")
-    return providers
-
-
-def make_runner(case: Case, model, device: str, threads: int | None, onnx_dir: Path | None,
-                int8_graphs: dict[str, Path] | None, engines_dir: Path | None,
-                ort_providers: list[str]) -> Runner:
-    """The runner of `case` (not activated). Raises LGAError with the reason when it cannot exist."""
-    if case.backend in ("torch", "torch-compile"):
-        from lga_export.runtime.torch_runner import TorchRunner
-
-        return TorchRunner(model, case.precision, device, compile=case.backend == "torch-compile")
-    if case.backend == "ort":
-        if onnx_dir is None:
-            raise LGAError("no ONNX export available")
-        if case.precision == "int8":
-            from lga_export.bench.int8 import ExplicitGraphsRunner
-
-            if not int8_graphs:
-                raise LGAError("no INT8 graph was produced")
-            # Dynamic-quantisation ops (MatMulInteger, DynamicQuantizeLinear) are CPU kernels.
-            return ExplicitGraphsRunner(int8_graphs, "int8", ["CPUExecutionProvider"], threads)
-        from lga_export.export.manifest import graph_file
-        from lga_export.runtime.ort_runner import OnnxRuntimeRunner
-
-        for graph in ("text_encoder", "lga_image"):
-            graph_file(onnx_dir, graph, case.precision)  # raises with the re-export hint when absent
-        return OnnxRuntimeRunner(onnx_dir, case.precision, ort_providers, threads)
-    if case.backend == "trt":
-        from lga_export.trt_engines.runner import TensorRTRunner
-
-        return TensorRTRunner(engines_dir, case.precision, onnx_dir)
-    raise LGAError(f"unknown backend {case.backend}")
+    return None

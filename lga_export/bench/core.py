@@ -19,14 +19,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lga_export.bench.accuracy import parity_entry, run_samples
-from lga_export.bench.cases import (BACKENDS, PRECISIONS, REFERENCE, Case, default_ort_providers, make_runner,
-                                    parse_list, requested_cases, static_skip_reason)
+from lga_export.bench.cases import BACKENDS, REFERENCE, Case, parse_list, requested_cases, static_skip_reason
 from lga_export.bench.gates import check_gates
-from lga_export.bench.machine import library_versions, machine_info, peak_rss_mb
+from lga_export.bench.machine import device_memory_mb, machine_info, peak_rss_mb
 from lga_export.bench.timing import measure
 from lga_export.errors import LGAError, ValidationFailed
+from lga_export.export.specs import IMAGE_GRAPH, PRECISIONS, TEXT_GRAPH, image_feeds, tolerance
 from lga_export.fileio import atomic_dir
+from lga_export.metrics import score_logits
+from lga_export.runtime.comparator import Outputs, compare_outputs, run_samples
+from lga_export.runtime.pipeline import Segmenter
+from lga_export.versions import library_versions
 
 RESULTS = "results.json"
 REPORT = "report.md"
@@ -51,6 +54,7 @@ class BenchSettings:
     max_latency_ratio: float | None = None
     matmul_size: int = 2048
     exclude: list[str] = field(default_factory=list)  # case labels such as torch-fp16, listed as skipped
+    require_all: bool = False  # a requested case that cannot run fails the gates
 
     def checked(self) -> "BenchSettings":
         self.backends = parse_list(self.backends, BACKENDS, "backend")
@@ -62,6 +66,13 @@ class BenchSettings:
             raise LGAError("--samples and --iters must be >= 1 and --warmup >= 0")
         if self.threads is not None and self.threads < 1:
             raise LGAError("--threads must be >= 1")
+        if self.matmul_size < 1:
+            raise LGAError(f"--matmul-size must be at least 1, not {self.matmul_size}")
+        if self.min_dice_agreement is not None and not 0.0 <= self.min_dice_agreement <= 1.0:
+            raise LGAError(f"--min-dice-agreement must lie in 0..1, not {self.min_dice_agreement}")
+        if self.data_root is not None and not (Path(self.data_root) / "qata-cov19").is_dir():
+            raise LGAError(f"{self.data_root}: no qata-cov19/ folder in it; give the data root (LViT layout) or "
+                           f"drop --data to use the built-in samples")
         return self
 
 
@@ -88,97 +99,95 @@ def _tiled(samples: list, count: int) -> list:
 class _Context:
     """What every case shares during one run."""
 
-    def __init__(self, model, settings: BenchSettings, device: str, tokenizer, samples: list) -> None:
-        self.model, self.settings, self.device = model, settings, device
-        self.tokenizer, self.samples = tokenizer, samples
-        self.reference: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(self, model, settings: BenchSettings, device: str, samples: list) -> None:
+        self.model, self.settings, self.device, self.samples = model, settings, device, samples
+        self.names = [s.name for s in samples]
+        self.reference: dict[int, Outputs] = {}
         self.reference_latency: dict[int, dict[str, float]] = {}
 
 
-def _latencies(runner, segmenter, ctx: _Context, batch: int) -> dict[str, Any]:
-    from lga_export.preprocess import normalize
-    from lga_export.runtime.pipeline import tokenize
-
+def _latencies(runner, segmenter: Segmenter, ctx: _Context, batch: int) -> dict[str, Any]:
     group = _tiled(ctx.samples, batch)
-    config = ctx.model.config
     texts, rgbs = [s.text for s in group], [s.rgb for s in group]
-    text_feeds = tokenize(ctx.tokenizer, texts, config.max_text_length)
-    ref_text = ctx.reference[min(ctx.reference)][0]
-    image_feeds = {"image": np.stack([normalize(rgb, config) for rgb in rgbs]),
-                   "text_embedding": np.stack([ref_text[i % len(ctx.samples)] for i in range(batch)])}
-    s = ctx.settings
-    sync = runner.synchronize
+    text_feeds = segmenter.text_feeds(texts)
+    ref_text = ctx.reference[min(ctx.reference)].text_embedding
+    feeds = image_feeds(segmenter.image_batch(rgbs), np.stack([ref_text[i % len(ctx.samples)] for i in range(batch)]))
+    s, sync, stream = ctx.settings, runner.synchronize, getattr(runner, "timing_stream", lambda: None)()
     return {
-        "text_encoder": measure(lambda: runner.infer("text_encoder", text_feeds), sync, batch, s.warmup, s.iters),
-        "lga_image": measure(lambda: runner.infer("lga_image", image_feeds), sync, batch, s.warmup, s.iters),
+        TEXT_GRAPH: measure(lambda: runner.infer(TEXT_GRAPH, text_feeds), sync, batch, s.warmup, s.iters, stream),
+        IMAGE_GRAPH: measure(lambda: runner.infer(IMAGE_GRAPH, feeds), sync, batch, s.warmup, s.iters, stream),
         "end_to_end": measure(lambda: segmenter.segment(rgbs, texts), sync, batch, s.warmup, s.iters),
     }
 
 
+def _ground_truth(logits: np.ndarray, samples: list) -> dict[str, Any]:
+    """Mean Dice and mIoU against the labels, over the samples that have one."""
+    scores = [score_logits(l, s.mask) for l, s in zip(logits, samples) if s.mask is not None]
+    if not scores:
+        return {"gt_samples": 0, "gt_dice": None, "gt_miou": None}
+    return {"gt_samples": len(scores), "gt_dice": float(np.mean([d for d, _ in scores])),
+            "gt_miou": float(np.mean([i for _, i in scores]))}
+
+
 def _run_case(case: Case, runner, ctx: _Context, progress) -> dict[str, Any]:
-    """Parity and latency of one activated runner at every batch size."""
-    import torch
-
-    from lga_export.runtime.pipeline import Segmenter
-
-    segmenter = Segmenter(runner, ctx.tokenizer, ctx.model.config)
+    """Parity (the comparator's, end to end) and latency of one activated runner at every batch size."""
+    segmenter = Segmenter(runner)
     batches: dict[str, Any] = {}
     for batch in ctx.settings.batches:
         progress.set_postfix_str(f"{case.label} batch {batch}")
-        outputs = run_samples(segmenter, ctx.samples, batch)
+        outputs = run_samples(runner, ctx.samples, batch, segmenter=segmenter)
         if case == REFERENCE:
             ctx.reference[batch] = outputs
-        reference = ctx.reference[min(ctx.reference)]
+        pair = compare_outputs(ctx.reference[min(ctx.reference)], outputs, ctx.names, tolerance(case.precision),
+                               (REFERENCE.label, case.label))
         timing = _latencies(runner, segmenter, ctx, batch)
-        figures: dict[str, Any] = {"parity": parity_entry(reference, outputs, ctx.samples),
+        figures: dict[str, Any] = {"parity": pair.to_dict(), "ground_truth": _ground_truth(outputs.logits, ctx.samples),
                                    "latency": {part: lat.to_dict() for part, lat in timing.items()}}
         if case == REFERENCE:
             ctx.reference_latency[batch] = {part: lat.p50_ms for part, lat in timing.items()}
         ref = ctx.reference_latency.get(batch)
         if ref:
-            figures["image_latency_ratio"] = timing["lga_image"].p50_ms / ref["lga_image"]
+            figures["image_latency_ratio"] = timing[IMAGE_GRAPH].p50_ms / ref[IMAGE_GRAPH]
             figures["end_to_end_latency_ratio"] = timing["end_to_end"].p50_ms / ref["end_to_end"]
         batches[str(batch)] = figures
         progress.update(1)
     entry: dict[str, Any] = {"backend": case.backend, "precision": case.precision, "runner": runner.describe(),
                              "batches": batches, "peak_rss_mb_so_far": peak_rss_mb()}
     if ctx.device.startswith("cuda"):
-        entry["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        entry["device_memory"] = device_memory_mb()
     return entry
 
 
-def _prepare_onnx(model, settings: BenchSettings, onnx_dir: Path | None, tmp: Path,
-                  log: Callable[[str], None]) -> tuple[Path | None, str | None]:
-    """The export folder to use: the user's, or a fresh export inside the bench output."""
-    if "ort" not in settings.backends or onnx_dir is not None:
-        return onnx_dir, None
+def _prepare_export(model, settings: BenchSettings, onnx_dir: Path | None, digest: str, tmp: Path,
+                    log: Callable[[str], None]):
+    """The verified export to run ONNX Runtime on: the user's (refused when it is another model's),
+    or a fresh one inside the bench output with the precisions the requested cases need."""
+    from lga_export.artifact import open_export
+
+    if onnx_dir is not None:
+        return open_export(onnx_dir, digest), None
+    wanted = {p for p in settings.precisions if f"ort-{p}" not in settings.exclude}
+    if "ort" not in settings.backends or not wanted & {"fp32", "fp16", "int8"}:
+        return None, None
     from lga_export.export.exporter import export_onnx
 
-    target = tmp / "onnx"
     try:
-        export_onnx(model, target, fp16="fp16" in settings.precisions, validate=False, log=log)
+        export_onnx(model, tmp / "onnx", fp16="fp16" in wanted, int8="int8" in wanted, validate=False, log=log)
     except LGAError as exc:
         return None, f"ONNX export failed: {exc}"
-    return target, None
+    return open_export(tmp / "onnx", digest), None
 
 
-def _prepare_int8(settings: BenchSettings, onnx_dir: Path | None, tmp: Path,
-                  log: Callable[[str], None]) -> tuple[dict[str, Path] | None, str | None, dict[str, Any]]:
-    if "ort" not in settings.backends or "int8" not in settings.precisions or onnx_dir is None:
-        return None, None, {}
-    from lga_export.bench.int8 import QUANTIZED_OPS, quantize_image_graph
-    from lga_export.export.manifest import graph_file
-
-    log("quantising the image graph to INT8 (ONNX Runtime dynamic quantisation) ...")
-    start = time.perf_counter()
-    try:
-        image = quantize_image_graph(onnx_dir, tmp / "int8")
-    except Exception as exc:  # noqa: BLE001 - an unsupported op or a broken graph: skip with the reason
-        return None, f"INT8 quantisation failed: {_reason(exc)}", {}
-    info = {"image_graph": f"int8/{image.name}", "bytes": image.stat().st_size, "weight_type": "QInt8",
-            "activations": "QUInt8, dynamic", "op_types": list(QUANTIZED_OPS), "per_channel": False,
-            "text_graph": "fp32", "seconds": time.perf_counter() - start}
-    return {"text_encoder": graph_file(onnx_dir, "text_encoder", "fp32"), "lga_image": image}, None, info
+def _runner_options(case: Case, model, artifact, settings: BenchSettings, onnx_dir: Path | None) -> tuple[Any, dict]:
+    """(source, options) of the runner factory for `case`."""
+    if case.backend == "ort":
+        providers = settings.ort_providers
+        if case.precision == "int8":
+            providers = ["CPUExecutionProvider"]  # dynamic-quantisation ops are CPU kernels
+        return artifact, {"providers": providers, "threads": settings.threads}
+    if case.backend == "trt":
+        return settings.engines_dir, {"onnx_dir": onnx_dir}
+    return model, {}
 
 
 def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = None, *,
@@ -186,8 +195,8 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
                   progress: bool = True) -> dict[str, Any]:
     """Benchmark `model` on every requested backend; write results.json, report.md and plots to `out_dir`.
 
-    `onnx_dir`: an existing export folder (default: export into OUT/onnx). Returns the results;
-    raises ValidationFailed after writing them when a gate fails.
+    `onnx_dir`: an existing export folder of this model (default: export into OUT/onnx). Returns
+    the results; raises ValidationFailed after writing them when a gate fails.
     """
     import torch
     from tqdm import tqdm
@@ -195,7 +204,8 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
     from lga_export.bench.compute import image_graph_flops, matmul_peak
     from lga_export.bench.plots import write_plots
     from lga_export.bench.report import render_report
-    from lga_export.modeling.text_encoder import load_tokenizer
+    from lga_export.checkpoint import model_digest
+    from lga_export.runtime.registry import open_runner
     from lga_export.samples import validation_samples
 
     settings = (settings or BenchSettings()).checked()
@@ -203,29 +213,31 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
     threads = settings.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     settings.threads = threads
+    if settings.ort_providers is None:
+        from lga_export.runtime.ort_runner import default_providers
+
+        settings.ort_providers = default_providers(device)
     model = model.eval()
+    onnx_dir = Path(onnx_dir) if onnx_dir else None
     started = time.time()
     machine = machine_info()  # load average at the start, before our own work adds to it
     samples, source = validation_samples(settings.samples, settings.data_root)
-    tokenizer = load_tokenizer(model.config.text_model)
-    ort_providers = settings.ort_providers or default_ort_providers(device)
-    ctx = _Context(model, settings, device, tokenizer, samples)
+    digest = model_digest(model)
+    ctx = _Context(model, settings, device, samples)
     with atomic_dir(out_dir, force=force) as tmp:
-        onnx_path, export_problem = _prepare_onnx(model, settings, Path(onnx_dir) if onnx_dir else None, tmp, log)
-        int8_graphs, int8_problem, int8_info = _prepare_int8(settings, onnx_path, tmp, log)
+        artifact, export_problem = _prepare_export(model, settings, onnx_dir, digest, tmp, log)
         log("counting image-graph FLOPs and measuring the ONNX Runtime MatMul peak ...")
         flops = image_graph_flops(model, batch=1)
         peak = matmul_peak(settings.matmul_size, threads)
-        cases = requested_cases(settings.backends, settings.precisions)
         skipped: list[dict[str, str]] = []
         results_cases: dict[str, Any] = {}
         runnable = []
-        for case in cases:
-            reason = static_skip_reason(case, device, settings.engines_dir)
+        for case in requested_cases(settings.backends, settings.precisions):
+            reason = static_skip_reason(case, device, artifact.precisions if artifact else None, settings.engines_dir)
             if case.label in settings.exclude and case != REFERENCE:
                 reason = "excluded with --exclude"
-            if reason is None and case.backend == "ort":
-                reason = export_problem or (int8_problem if case.precision == "int8" else None)
+            if reason is None and case.backend == "ort" and artifact is None:
+                reason = export_problem or "no ONNX export"
             if reason:
                 skipped.append({"backend": case.backend, "precision": case.precision, "reason": reason})
             else:
@@ -237,9 +249,9 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
                 if device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
                 try:
-                    runner = make_runner(case, model, device, threads, onnx_path, int8_graphs,
-                                         settings.engines_dir, ort_providers)
-                    with runner:
+                    source_, options = _runner_options(case, model, artifact, settings, onnx_dir)
+                    with open_runner(case.backend, source_, case.precision, device, model_digest=digest,
+                                     activate=False, **options) as runner:
                         results_cases[case.label] = _run_case(case, runner, ctx, bar)
                 except KeyboardInterrupt:
                     raise
@@ -248,29 +260,28 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
                         raise
                     skipped.append({"backend": case.backend, "precision": case.precision,
                                     "reason": f"failed to load or run: {_reason(exc)}"})
-                    done = len(results_cases.get(case.label, {}).get("batches", {}))
-                    bar.update(len(settings.batches) - done)
+                    bar.update(len(settings.batches) - len(results_cases.get(case.label, {}).get("batches", {})))
         results: dict[str, Any] = {
-            "format": "lga-bench/1",
+            "format": "lga-bench/2",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "seconds": time.time() - started,
             "machine": {**machine, "load_average_end": list(os.getloadavg()), "device": device},
             "libraries": library_versions(),
             "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
                          "onnx_dir": str(onnx_dir) if onnx_dir else "exported into OUT/onnx",
-                         "ort_providers": ort_providers, "torch_threads": torch.get_num_threads()},
-            "model": {"preset_image_size": model.config.image_size, "embed_dim": model.config.embed_dim,
-                      "text_model": str(model.config.text_model), "config": json.loads(model.config.to_json())},
-            "samples": {"source": source, "names": [s.name for s in samples]},
+                         "torch_threads": torch.get_num_threads()},
+            "model": {"digest": digest, "config": json.loads(model.config.to_json())},
+            "samples": {"source": source, "names": ctx.names},
             "reference": REFERENCE.label,
-            "int8": int8_info,
+            "int8": artifact.manifest.get("int8") if artifact else None,
             "compute": {"image_graph_flops": flops, "matmul_peak": peak},
             "cases": results_cases,
             "skipped": skipped,
             "peak_rss_mb": peak_rss_mb(),
         }
         _add_gflops(results)
-        results["gates"] = check_gates(results, settings.min_dice_agreement, settings.max_latency_ratio)
+        results["gates"] = check_gates(results, settings.min_dice_agreement, settings.max_latency_ratio,
+                                       settings.require_all)
         (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=str))
         results["plots"] = write_plots(results, tmp)
         (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=str))
@@ -288,6 +299,6 @@ def _add_gflops(results: dict[str, Any]) -> None:
     for case in results["cases"].values():
         for batch, figures in case["batches"].items():
             if flops:
-                achieved = flops * int(batch) / (figures["latency"]["lga_image"]["p50_ms"] / 1000.0) / 1e9
+                achieved = flops * int(batch) / (figures["latency"][IMAGE_GRAPH]["p50_ms"] / 1000.0) / 1e9
                 figures["image_gflops"] = achieved
                 figures["image_fraction_of_matmul_peak"] = achieved / peak if peak else None

@@ -1,28 +1,42 @@
-"""The two CI gates: worst per-sample mask agreement and image-graph latency ratio vs the reference."""
+"""CI gates: worst per-sample mask agreement (per precision, from the spec unless overridden),
+NaN/Inf, image-graph latency ratio against the reference, and that something was compared."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from lga_export.export.specs import tolerance
 
-def check_gates(results: dict[str, Any], min_dice_agreement: float | None,
-                max_latency_ratio: float | None) -> dict[str, Any]:
-    """One line per failed threshold, naming the backend, precision and batch."""
+
+def check_gates(results: dict[str, Any], min_dice_agreement: float | None, max_latency_ratio: float | None,
+                require_all: bool = False) -> dict[str, Any]:
+    """One line per failed check, naming the backend, precision and batch. A gate that compared
+    nothing fails: an all-skipped run proves nothing."""
     failures: list[str] = []
     reference = results["reference"]
-    for label, case in results["cases"].items():
-        if label == reference:
-            continue
+    compared = [label for label in results["cases"] if label != reference]
+    if not compared:
+        reasons = "; ".join(f"{s['backend']}-{s['precision']}: {s['reason']}" for s in results["skipped"]) or "none requested"
+        failures.append(f"no backend was compared with {reference} ({reasons})")
+    thresholds: dict[str, float] = {}
+    for label in compared:
+        case = results["cases"][label]
+        threshold = min_dice_agreement if min_dice_agreement is not None else tolerance(case["precision"]).min_dice
+        thresholds[label] = threshold
         for batch, figures in case["batches"].items():
-            parity = figures["parity"]
-            worst = parity["dice_agreement_worst"]
-            if min_dice_agreement is not None and (worst is None or worst < min_dice_agreement):
+            parity = figures["parity"]["end_to_end"]
+            worst = parity["dice_worst"]
+            if parity["nonfinite"] or figures["parity"]["text_encoder"]["nonfinite"]:
+                failures.append(f"{label} batch {batch}: NaN/Inf outputs")
+            if worst is None or worst < threshold:
                 shown = "none" if worst is None else f"{worst:.4f}"
-                failures.append(f"{label} batch {batch}: worst mask Dice agreement {shown} < "
-                                f"{min_dice_agreement} (sample {parity['worst_sample']})")
+                failures.append(f"{label} batch {batch}: worst mask Dice agreement {shown} < {threshold} "
+                                f"(sample {parity['worst_sample']})")
             ratio = figures.get("image_latency_ratio")
             if max_latency_ratio is not None and ratio is not None and ratio > max_latency_ratio:
                 failures.append(f"{label} batch {batch}: image-graph p50 latency ratio vs {reference} "
                                 f"{ratio:.3g} > {max_latency_ratio}")
-    return {"min_dice_agreement": min_dice_agreement, "max_latency_ratio": max_latency_ratio,
+    if require_all:
+        failures += [f"{s['backend']}-{s['precision']} did not run: {s['reason']}" for s in results["skipped"]]
+    return {"min_dice_agreement": thresholds, "max_latency_ratio": max_latency_ratio, "require_all": require_all,
             "failures": failures, "passed": not failures}

@@ -7,7 +7,6 @@ import platform
 import resource
 from typing import Any
 
-_EXTRA_LIBRARIES = ("matplotlib", "tensorrt", "onnxruntime-gpu")
 
 
 def cpu_model() -> str:
@@ -40,10 +39,14 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def library_versions() -> dict[str, str]:
-    from lga_export.export.manifest import library_versions as export_versions
+def device_memory_mb() -> dict[str, Any]:
+    """GPU memory in MiB: in use on the device as the driver sees it (every library's allocations:
+    TensorRT, ONNX Runtime, PyTorch) and PyTorch's own allocator peak, labelled as such."""
+    import torch
 
-    return export_versions(extra=_EXTRA_LIBRARIES)
+    free, total = torch.cuda.mem_get_info()
+    return {"driver_used_mb": (total - free) / 2**20, "driver_total_mb": total / 2**20,
+            "torch_allocator_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def machine_info() -> dict[str, Any]:

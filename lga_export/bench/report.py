@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-PARTS = (("text_encoder", "text graph"), ("lga_image", "image graph"), ("end_to_end", "end to end"))
+from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH
+
+PARTS = ((TEXT_GRAPH, "text graph"), (IMAGE_GRAPH, "image graph"), ("end_to_end", "end to end"))
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -33,15 +35,17 @@ def _latency_table(results: dict[str, Any]) -> list[str]:
 
 def _parity_table(results: dict[str, Any]) -> list[str]:
     lines = ["| backend | precision | batch | Dice vs GT | mIoU vs GT | agreement mean | p5 | worst (sample) | "
-             "max abs logit diff | max abs text diff | NaN/Inf |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+             "ref. foreground | max abs logit diff | max abs text diff | NaN/Inf |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for case in results["cases"].values():
         for batch, figures in case["batches"].items():
-            p = figures["parity"]
-            lines.append(f"| {case['backend']} | {case['precision']} | {batch} | {_f(p['gt_dice'], 4)} | "
-                         f"{_f(p['gt_miou'], 4)} | {_f(p['dice_agreement_mean'], 4)} | {_f(p['dice_agreement_p5'], 4)} | "
-                         f"{_f(p['dice_agreement_worst'], 4)} ({p['worst_sample']}) | {p['logits_max_abs_diff']:.3g} | "
-                         f"{p['text_max_abs_diff']:.3g} | {p['logits_nonfinite'] + p['text_nonfinite']} |")
+            p, t, gt = figures["parity"]["end_to_end"], figures["parity"]["text_encoder"], figures["ground_truth"]
+            foreground = p["reference_foreground"]
+            lines.append(f"| {case['backend']} | {case['precision']} | {batch} | {_f(gt['gt_dice'], 4)} | "
+                         f"{_f(gt['gt_miou'], 4)} | {_f(p['dice_mean'], 4)} | {_f(p['dice_p5'], 4)} | "
+                         f"{_f(p['dice_worst'], 4)} ({p['worst_sample']}) | "
+                         f"{_f(sum(foreground) / len(foreground) if foreground else None, 3)} | "
+                         f"{p['max_abs_diff']:.3g} | {t['max_abs_diff']:.3g} | {p['nonfinite'] + t['nonfinite']} |")
     return lines
 
 
@@ -117,9 +121,10 @@ def render_report(results: dict[str, Any]) -> str:
     else:
         lines.append("Nothing was skipped.")
     gates = results["gates"]
+    thresholds = ", ".join(f"{label} {value}" for label, value in gates["min_dice_agreement"].items()) or "-"
     lines += ["", "## Gates", "",
-              f"min Dice agreement: {gates['min_dice_agreement']}; max image-graph latency ratio: "
-              f"{gates['max_latency_ratio']}.", ""]
+              f"min Dice agreement (spec per precision unless --min-dice-agreement): {thresholds}; max image-graph "
+              f"latency ratio: {gates['max_latency_ratio']}; every case must run: {gates['require_all']}.", ""]
     lines += ["**FAILED:**", ""] + [f"- {f}" for f in gates["failures"]] if gates["failures"] else ["All gates passed."]
     if results.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +21,7 @@ class Latency:
     min_ms: float
     max_ms: float
     throughput: float  # images (or texts) per second at the mean latency
+    device_ms: dict[str, Any] | None = None  # CUDA-event figures of the same iterations (GPU runners)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,17 +36,29 @@ def summarize(times_ms: list[float], batch: int) -> Latency:
 
 
 def measure(call: Callable[[], Any], synchronize: Callable[[], None], batch: int, warmup: int,
-            iters: int) -> Latency:
-    """Host timer between two synchronisations: exact on the CPU, and on the GPU the sync makes
-    the wall time cover the queued kernels (a CUDA event pair would exclude the host overhead)."""
+            iters: int, stream: Any = None) -> Latency:
+    """Host wall time between two synchronisations (exact on the CPU; on a GPU it includes the
+    host overhead). With a CUDA `stream`, CUDA-event times of the work queued on it are
+    recorded too, as `device_ms` (the device's own view, without host overhead)."""
     for _ in range(warmup):
         call()
     synchronize()
-    times = []
+    times, device = [], []
     for _ in range(max(iters, 1)):
         synchronize()
+        if stream is not None:
+            import torch
+
+            start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start_event.record(stream)
         start = time.perf_counter()
         call()
+        if stream is not None:
+            end_event.record(stream)
         synchronize()
         times.append((time.perf_counter() - start) * 1000.0)
-    return summarize(times, batch)
+        if stream is not None:
+            end_event.synchronize()
+            device.append(float(start_event.elapsed_time(end_event)))
+    latency = summarize(times, batch)
+    return replace(latency, device_ms=summarize(device, batch).to_dict() if device else None)

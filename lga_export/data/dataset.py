@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 from lga_export.config import LGAConfig
 from lga_export.data.augment import AugmentConfig, augment
 from lga_export.data.lvit import Sample
-from lga_export.preprocess import load_mask, load_rgb
+from lga_export.imageio import read_image, read_mask
+from lga_export.preprocess import normalize_pixels, resize_rgb
 
 
 class SegmentationDataset(Dataset):
@@ -27,8 +27,6 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.augment_config = augment_config or AugmentConfig()
-        self._mean = torch.tensor(config.pixel_mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(config.pixel_std, dtype=torch.float32).view(3, 1, 1)
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation draws depend on (seed, epoch, index): reproducible and resumable."""
@@ -40,12 +38,12 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         size, mask_size = self.config.image_size, self.config.mask_size
-        rgb = Image.fromarray(load_rgb(sample.image)).resize((size, size), Image.BILINEAR)
-        image = torch.from_numpy(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1).copy())
-        mask = torch.from_numpy(load_mask(sample.mask).astype(np.float32))[None, None]
+        pixels = resize_rgb(read_image(sample.image), size)
+        mask = torch.from_numpy(read_mask(sample.mask).astype(np.float32))[None, None]
         mask = F.interpolate(mask, size=(mask_size, mask_size), mode="nearest")[0]
-        if self.train:
+        if self.train:  # augmentation works on 0..255 pixels, before the shared normalisation
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
-            image, mask = augment(image, mask, gen, self.augment_config)
-        image = (image - self._mean) / self._std
+            chw, mask = augment(torch.from_numpy(pixels.transpose(2, 0, 1).copy()), mask, gen, self.augment_config)
+            pixels = chw.numpy().transpose(1, 2, 0)
+        image = torch.from_numpy(normalize_pixels(pixels, self.config))
         return {"image": image, "mask": mask, "text": sample.text, "index": index}

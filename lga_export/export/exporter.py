@@ -1,4 +1,5 @@
-"""`lga-export onnx`: both graphs, optional FP16 pair, tokenizer, manifest, validation."""
+"""`lga-export onnx`: both graphs, optional FP16 and INT8 graphs, tokenizer, validation, then
+the manifest, written once, listing every file's sha256 and the model's digest."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from typing import Any, Callable
 
 import torch
 
-from lga_export.errors import ValidationFailed
-from lga_export.export.manifest import MANIFEST, TOKENIZER_DIR, library_versions
+from lga_export.artifact import EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, file_digests
+from lga_export.checkpoint import model_digest
+from lga_export.errors import LGAError, ValidationFailed
 from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, convert_to_fp16, export_graph
-from lga_export.export.specs import dummy_inputs, graph_specs
+from lga_export.export.quantize import quantize_dynamic_int8
+from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, dummy_inputs, graph_specs
 from lga_export.export.validate import failure_lines, validate_export
 from lga_export.export.wrappers import graph_modules
-from lga_export.fileio import atomic_dir, sha256_file
+from lga_export.fileio import atomic_dir
+from lga_export.versions import library_versions
 from lga_export.modeling.text_encoder import load_tokenizer
 
 
@@ -26,58 +30,69 @@ def _trace_sizes(validation_batch: int) -> dict[str, int]:
     return {"batch": 3 if validation_batch == 2 else 2, "sequence": 16}
 
 
-def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, opset: int = DEFAULT_OPSET,
-                force: bool = False, validate: bool = True, validation_batch: int = 3,
+def _entry(files: list[Path]) -> dict[str, Any]:
+    return {"file": files[0].name, "external_data": [p.name for p in files[1:]],
+            "bytes": sum(p.stat().st_size for p in files)}
+
+
+def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool = False,
+                opset: int = DEFAULT_OPSET, force: bool = False, validate: bool = True, validation_batch: int = 3,
                 data_root: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the export folder atomically; raise ValidationFailed (nothing written) on a failed check."""
+    if validation_batch < 1:
+        raise LGAError(f"--validation-batch must be at least 1, not {validation_batch}")
     model = model.eval().to("cpu")
     config = model.config
-    precisions = ["fp32", "fp16"] if fp16 else ["fp32"]
+    digest = model_digest(model)
     tokenizer = load_tokenizer(config.text_model)
     sizes = _trace_sizes(validation_batch)
     modules = graph_modules(model)
     with atomic_dir(out_dir, force=force) as tmp:
-        graphs: dict[str, dict[str, Any]] = {}
+        files: dict[str, dict[str, list[Path]]] = {"fp32": {}, **({"fp16": {}} if fp16 else {})}
         for spec in graph_specs(config):
             sample = tuple(torch.from_numpy(a) for a in dummy_inputs(spec, sizes).values())
             start = time.perf_counter()
             log(f"exporting {spec.name} (traced at batch {sizes['batch']}) ...")
-            files = {"fp32": export_graph(modules[spec.name], spec, sample, tmp / spec.filename("fp32"), opset)}
+            files["fp32"][spec.name] = export_graph(modules[spec.name], spec, sample, tmp / spec.filename("fp32"), opset)
             gc.collect()  # the traced program is large; free it before the next graph
             if fp16:
                 log(f"converting {spec.name} to FP16 ...")
-                files["fp16"] = convert_to_fp16(files["fp32"][0], tmp / spec.filename("fp16"), spec)
-            graphs[spec.name] = {}
-            for precision, written in files.items():
-                check_graph(written[0], spec)
-                graphs[spec.name][precision] = {
-                    "file": written[0].name, "sha256": sha256_file(written[0]),
-                    "external_data": [{"file": p.name, "sha256": sha256_file(p)} for p in written[1:]],
-                    "bytes": sum(p.stat().st_size for p in written),
-                }
+                files["fp16"][spec.name] = convert_to_fp16(files["fp32"][spec.name][0], tmp / spec.filename("fp16"), spec)
+            for precision in files:
+                check_graph(files[precision][spec.name][0], spec)
             log(f"  {spec.name}: {time.perf_counter() - start:.1f} s, checker passed")
+        quantization = None
+        if int8:
+            log("quantising the image graph to INT8 (ONNX Runtime dynamic quantisation) ...")
+            image_spec = graph_specs(config)[1]
+            target = tmp / image_spec.filename("int8")
+            quantization = quantize_dynamic_int8(files["fp32"][IMAGE_GRAPH][0], target)
+            files["int8"] = {TEXT_GRAPH: files["fp32"][TEXT_GRAPH], IMAGE_GRAPH: [target]}
         tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+        validation = None
+        if validate:
+            log(f"validating against PyTorch at batch {validation_batch} ...")
+            graphs = {precision: {name: paths[0] for name, paths in by_graph.items()} for precision, by_graph in files.items()}
+            validation = validate_export(model, graphs, tmp / TOKENIZER_DIR, validation_batch, data_root)
+            if not validation["passed"]:
+                raise ValidationFailed("export failed validation, nothing written: " + " | ".join(failure_lines(validation)))
         manifest: dict[str, Any] = {
-            "format": "lga-export-onnx/1",
+            "format": EXPORT_FORMAT,
             "config": json.loads(config.to_json()),
+            "model_digest": digest,
             "opset": opset,
-            "precisions": precisions,
+            "precisions": list(files),
             "io": {spec.name: {"inputs": [vars(t) | {"dynamic_axes": t.dynamic_axes} for t in spec.inputs],
                                "outputs": [vars(t) | {"dynamic_axes": t.dynamic_axes} for t in spec.outputs]}
                    for spec in graph_specs(config)},
-            "graphs": graphs,
-            "tokenizer": {"folder": TOKENIZER_DIR, "source": config.text_model,
-                          "max_length": config.max_text_length},
+            "graphs": {spec.name: {precision: _entry(by_graph[spec.name]) for precision, by_graph in files.items()}
+                       for spec in graph_specs(config)},
+            "int8": quantization,
+            "tokenizer": {"folder": TOKENIZER_DIR, "source": config.text_model, "max_length": config.max_text_length},
             "traced_sizes": sizes,
             "libraries": library_versions(),
-            "validation": None,
+            "validation": validation,
+            "files": file_digests(tmp),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=list))
-        if validate:
-            log(f"validating against PyTorch at batch {validation_batch} ...")
-            report = validate_export(model, tmp, tokenizer, precisions, validation_batch, data_root)
-            manifest["validation"] = report
-            if not report["passed"]:
-                raise ValidationFailed("export failed validation, nothing written: " + " | ".join(failure_lines(report)))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=list))
     return manifest

@@ -45,6 +45,21 @@ def load_tokenizer(ref: str):
     return _from_pretrained(AutoTokenizer, ref, "tokenizer")
 
 
+def load_text_tokenizer(ref: str):
+    """The model's tokenizer as a TextTokenizer, so training, the PyTorch runner and the ONNX
+    path tokenise by the same rules (transformers only supplies the fast tokenizer's rules)."""
+    from tokenizers import Tokenizer
+
+    from lga_export.tokenization import TextTokenizer
+
+    hf = load_tokenizer(ref)
+    if not getattr(hf, "is_fast", False):
+        raise LGAError(f"text model {ref!r} has no fast tokenizer (tokenizer.json); give a transformers folder "
+                       f"with one (AutoTokenizer.from_pretrained(...).save_pretrained(...) writes it)")
+    return TextTokenizer(Tokenizer.from_str(hf.backend_tokenizer.to_str()), hf.pad_token_id or 0,
+                         padding_side=hf.padding_side, truncation_side=hf.truncation_side)
+
+
 def load_text_backbone(ref: str) -> nn.Module:
     """The transformers encoder for `ref` (BERT family: must expose last_hidden_state)."""
     from transformers import AutoModel

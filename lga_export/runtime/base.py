@@ -1,37 +1,67 @@
 """The runner interface every backend implements (after Polygraphy's runners).
 
-A runner executes the two LGA graphs by their spec names (`text_encoder`, `lga_image`) on
-dicts of numpy arrays named as in `lga_export.export.specs`. Parity and latency are computed
-over runners, so a new backend is one small file.
+A runner executes the two LGA graphs by their spec names on dicts of numpy arrays. The base
+class owns the activation state and checks every feed against the graph spec (names, dtypes,
+ranks, dynamic sizes within their bounds) before the backend sees it, so subclasses only load
+(`activate_impl`) and run (`infer_impl`). Parity and latency are computed over runners.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+from lga_export.config import LGAConfig
+from lga_export.errors import LGAError
+from lga_export.export.specs import GraphSpec, specs_by_name
 
 
 class Runner(abc.ABC):
     """activate / infer / deactivate, usable as a context manager."""
 
-    backend: str = "abstract"
+    backend: ClassVar[str] = "abstract"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
 
-    def __init__(self, precision: str = "fp32") -> None:
+    def __init__(self, config: LGAConfig, precision: str = "fp32") -> None:
+        if precision not in self.precisions:
+            raise LGAError(f"backend {self.backend} runs {', '.join(self.precisions)}, not {precision}")
+        self.config = config
         self.precision = precision
+        self.specs: dict[str, GraphSpec] = specs_by_name(config)
         self.active = False
 
     @abc.abstractmethod
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         """Load sessions / engines and allocate what inference needs."""
 
     @abc.abstractmethod
-    def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run graph `graph` ('text_encoder' or 'lga_image') and return its outputs by name."""
+    def infer_impl(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run `graph` on feeds already checked against its spec; return its outputs by name."""
+
+    def deactivate_impl(self) -> None:
+        """Free what `activate_impl` loaded."""
+
+    def activate(self) -> "Runner":
+        if not self.active:
+            self.activate_impl()
+            self.active = True
+        return self
 
     def deactivate(self) -> None:
-        self.active = False
+        if self.active:
+            self.deactivate_impl()
+            self.active = False
+
+    def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.active:
+            raise LGAError(f"the {self.label} runner is not active; use it as a context manager or call activate()")
+        spec = self.specs.get(graph)
+        if spec is None:
+            raise LGAError(f"unknown graph {graph!r}; choose one of {', '.join(self.specs)}")
+        spec.check_feeds(feeds)
+        return self.infer_impl(graph, feeds)
 
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends); latency timers call it."""
@@ -45,8 +75,7 @@ class Runner(abc.ABC):
         return f"{self.backend}-{self.precision}"
 
     def __enter__(self) -> "Runner":
-        self.activate()
-        return self
+        return self.activate()
 
     def __exit__(self, *exc: object) -> None:
         self.deactivate()

@@ -1,31 +1,20 @@
-"""End-to-end segmentation over any runner: tokenise, preprocess, infer both graphs, postprocess."""
+"""End-to-end segmentation over any runner: tokenise, preprocess, infer both graphs, postprocess.
+
+Predict, export validation, lga-bench, the comparator and serving all go through Segmenter,
+so parity compares only the graphs. Imports neither torch nor transformers.
+"""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
-from lga_export.preprocess import logits_to_mask, normalize
+from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, image_feeds, specs_by_name
+from lga_export.preprocess import normalize
+from lga_export.resample import logits_to_mask
 from lga_export.runtime.base import Runner
-
-
-def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-    """input_ids / attention_mask (int64, padded to the longest); over-long text is truncated
-    with a warning, empty text is an error."""
-    for text in texts:
-        if not text or not text.strip():
-            raise LGAError("empty text: every image needs a report (pass --text or a text file row)")
-    encoded = tokenizer(list(texts), padding=True, truncation=False, return_tensors="np")
-    if encoded["input_ids"].shape[1] > max_length:
-        warnings.warn(f"text longer than the model's {max_length} tokens was truncated", stacklevel=2)
-        encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                            return_tensors="np")
-    return {"input_ids": encoded["input_ids"].astype(np.int64),
-            "attention_mask": encoded["attention_mask"].astype(np.int64)}
 
 
 @dataclass
@@ -35,21 +24,29 @@ class Segmentation:
 
 
 class Segmenter:
-    """The same pre/post-processing for every backend, so parity compares only the graphs."""
+    """The same pre/post-processing for every backend; the tokenizer is the runner's own
+    (an export folder's tokenizer.json for ONNX Runtime) unless one is given."""
 
-    def __init__(self, runner: Runner, tokenizer, config: LGAConfig) -> None:
-        self.runner, self.tokenizer, self.config = runner, tokenizer, config
+    def __init__(self, runner: Runner, tokenizer=None) -> None:
+        self.runner, self.config = runner, runner.config
+        self.tokenizer = tokenizer if tokenizer is not None else runner.tokenizer()
+        specs = specs_by_name(self.config)
+        self.text_output, self.image_output = specs[TEXT_GRAPH].output, specs[IMAGE_GRAPH].output
+
+    def text_feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.tokenizer.encode(texts, self.config.max_text_length)
+
+    def image_batch(self, images: list[np.ndarray]) -> np.ndarray:
+        return np.stack([normalize(rgb, self.config) for rgb in images])
 
     def text_embeddings(self, texts: list[str]) -> np.ndarray:
-        feeds = tokenize(self.tokenizer, texts, self.config.max_text_length)
-        return self.runner.infer("text_encoder", feeds)["text_embedding"]
+        return self.runner.infer(TEXT_GRAPH, self.text_feeds(texts))[self.text_output]
 
     def image_logits(self, images: list[np.ndarray], embedding: np.ndarray) -> np.ndarray:
         """Mask logits for images whose text embeddings are already computed."""
         if len(images) != len(embedding):
             raise LGAError(f"{len(images)} images but {len(embedding)} texts; give one report per image")
-        batch = np.stack([normalize(rgb, self.config) for rgb in images])
-        return self.runner.infer("lga_image", {"image": batch, "text_embedding": embedding})["mask_logits"]
+        return self.runner.infer(IMAGE_GRAPH, image_feeds(self.image_batch(images), embedding))[self.image_output]
 
     def logits(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray:
         if len(images) != len(texts):

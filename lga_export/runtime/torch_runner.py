@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from lga_export.errors import LGAError
 from lga_export.runtime.base import Runner
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -17,40 +19,54 @@ class TorchRunner(Runner):
     """Runs the model's graphs through the same wrappers that are exported."""
 
     backend = "torch"
+    precisions = ("fp32", "fp16", "bf16")
+    compile = False
 
-    def __init__(self, model: torch.nn.Module, precision: str = "fp32", device: str | torch.device = "cpu",
-                 compile: bool = False) -> None:
-        super().__init__(precision)
-        if precision not in ("fp32", *_AUTOCAST):
-            raise ValueError(f"PyTorch precision must be fp32, fp16 or bf16, not {precision}")
+    def __init__(self, model: torch.nn.Module, precision: str = "fp32", device: str | torch.device = "cpu") -> None:
+        super().__init__(model.config, precision)
         self.model = model
         self.device = torch.device(device)
-        self.compile = compile
-        if compile:
-            self.backend = "torch-compile"
         self.graphs: dict[str, torch.nn.Module] = {}
 
-    def activate(self) -> None:
+    @classmethod
+    def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
+                    model_digest: str | None = None, **options: Any) -> "TorchRunner":
+        """A model, an LGA checkpoint path, or None (the embedded default model)."""
+        if isinstance(source, torch.nn.Module):
+            return cls(source, precision, device, **options)
+        if source is not None and Path(source).is_dir():
+            raise LGAError(f"{source}: PyTorch runs a checkpoint (.safetensors), not a folder; "
+                           f"use --backend ort for an export folder or trt for an engine folder")
+        from lga_export.loading import load_model
+
+        return cls(load_model(checkpoint=source), precision, device, **options)
+
+    def activate_impl(self) -> None:
         from lga_export.export.wrappers import graph_modules
 
         self.model.to(self.device).eval()
         graphs = graph_modules(self.model)
         self.graphs = {k: torch.compile(v) if self.compile else v for k, v in graphs.items()}
-        self.active = True
+
+    def deactivate_impl(self) -> None:
+        self.graphs = {}
+
+    def tokenizer(self):
+        from lga_export.modeling.text_encoder import load_text_tokenizer
+
+        return load_text_tokenizer(self.config.text_model)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST[self.precision])
 
-    def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from lga_export.export.specs import graph_specs
-
-        spec = {s.name: s for s in graph_specs(self.model.config)}[graph]
+    def infer_impl(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.specs[graph]
         args = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device) for name in spec.input_names]
         with torch.inference_mode(), self._autocast():
             output = self.graphs[graph](*args)
-        return {spec.output_names[0]: output.float().cpu().numpy()}
+        return {spec.output: output.float().cpu().numpy()}
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -63,3 +79,10 @@ class TorchRunner(Runner):
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)
         return info
+
+
+class CompiledTorchRunner(TorchRunner):
+    """The same graphs through torch.compile (default inductor backend)."""
+
+    backend = "torch-compile"
+    compile = True

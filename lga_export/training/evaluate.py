@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 
 from lga_export.data.dataset import SegmentationDataset
 from lga_export.data.lvit import Sample
-from lga_export.metrics import dice, iou
-from lga_export.preprocess import load_mask, logits_to_mask
+from lga_export.imageio import read_mask
+from lga_export.metrics import score_logits
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,7 @@ def score_samples(model, embedder, samples: list[Sample], batch_size: int = 8,
     """Per-sample Dice / IoU with the prediction upsampled to the ground truth's size."""
     scores = []
     for sample, logits in predict_logits(model, embedder, samples, batch_size, progress):
-        target = load_mask(sample.mask)
-        pred = logits_to_mask(logits, target.shape)
-        scores.append(SampleScore(sample.name, dice(pred, target), iou(pred, target), sample.text))
+        scores.append(SampleScore(sample.name, *score_logits(logits, read_mask(sample.mask)), sample.text))
     return scores
 
 

@@ -20,9 +20,9 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, split: str, out: Path, *, 
                         force: bool = False, progress: bool = True) -> dict[str, Any]:
     from lga_export.checkpoint import load_lga_checkpoint
     from lga_export.data.lvit import index_split
-    from lga_export.preprocess import load_mask, load_rgb, logits_to_mask
-    from lga_export.training.evaluate import predict_logits, summarize, SampleScore
-    from lga_export.metrics import dice, iou
+    from lga_export.imageio import read_image, read_mask
+    from lga_export.resample import logits_to_mask
+    from lga_export.training.evaluate import predict_logits, score_samples, summarize
     from lga_export.training.plots import cases_figure
     from lga_export.training.text_cache import TextEmbedder
 
@@ -34,11 +34,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, split: str, out: Path, *, 
     samples = index.samples[:limit]
     model = load_lga_checkpoint(checkpoint)
     embedder = TextEmbedder(model, [s.text for s in samples])
-    scores: list[SampleScore] = []
-    for sample, logits in predict_logits(model, embedder, samples, batch_size, progress):
-        target = load_mask(sample.mask)
-        pred = logits_to_mask(logits, target.shape)
-        scores.append(SampleScore(sample.name, dice(pred, target), iou(pred, target), sample.text))
+    scores = score_samples(model, embedder, samples, batch_size, progress)
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -56,9 +52,9 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, split: str, out: Path, *, 
     figure_cases = []
     for label, i in picks:
         sample = by_name[scores[i].name]
-        target = load_mask(sample.mask)
+        target = read_mask(sample.mask)
         logits = next(l for _, l in predict_logits(model, embedder, [sample], 1))
-        figure_cases.append({"label": label, "name": sample.name, "text": sample.text, "image": load_rgb(sample.image),
+        figure_cases.append({"label": label, "name": sample.name, "text": sample.text, "image": read_image(sample.image),
                              "target": target, "pred": logits_to_mask(logits, target.shape),
                              "dice": scores[i].dice})
     cases_figure(figure_cases, out / "cases.png", force=force)

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lga_export.modeling.text_encoder import load_tokenizer, mean_pool
+from lga_export.export.specs import ATTENTION_MASK, INPUT_IDS
+from lga_export.modeling.text_encoder import load_text_tokenizer, mean_pool
 
 
 class TextEmbedder:
@@ -25,15 +26,15 @@ class TextEmbedder:
         self.query = config.text_source == "learnable_query"
         self.cached = not self.query and not config.train_text_encoder
         self.pooled: dict[str, torch.Tensor] = {}
-        self.tokenizer = None if self.query else load_tokenizer(config.text_model)
+        self.tokenizer = None if self.query else load_text_tokenizer(config.text_model)
         self.batch_size = batch_size
         if self.cached:
             self.add(texts)
 
     def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True,
-                             max_length=self.model.config.max_text_length, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+        """The same tokenisation as inference (empty text refused, over-long text truncated)."""
+        feeds = self.tokenizer.encode(list(texts), self.model.config.max_text_length)
+        return tuple(torch.from_numpy(feeds[name]) for name in (INPUT_IDS, ATTENTION_MASK))
 
     def add(self, texts: Iterable[str]) -> None:
         """Cache more reports (e.g. the validation split's)."""

@@ -1,0 +1,169 @@
+"""The only code that opens what claims to be a model on disk: export folders and engine folders.
+
+Opening verifies before anything is loaded: every file the manifest lists must stay inside
+the folder (no absolute path, no `..`, no symlink out), exist, and match its sha256; where
+the caller holds a model, the recorded model digest (config + weights) must be that model's.
+Each refusal is an LGAError naming the file and the fix (exit 2). Numpy-free and torch-free,
+so the lean inference install can use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lga_export.config import LGAConfig
+from lga_export.errors import LGAError
+from lga_export.fileio import sha256_file
+
+MANIFEST = "manifest.json"
+EXPORT_FORMAT = "lga-export-onnx/2"
+ENGINE_FORMAT = "lga-export-engine/2"
+TOKENIZER_DIR = "tokenizer"
+REEXPORT = "re-export with lga-export onnx --force"
+REBUILD = "rebuild with lga-export trt --force"
+
+
+def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A manifest as a dict, or a one-line error naming the file and the fix."""
+    if not path.is_file():
+        raise LGAError(f"{path} not found; {what} without its manifest is not trusted - {fix}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LGAError(f"{path} is not valid JSON ({type(exc).__name__}); {fix}") from None
+    if not isinstance(data, dict):
+        raise LGAError(f"{path} is not a manifest (a JSON object); {fix}")
+    return data
+
+
+def inside(folder: Path, relative: object, manifest: Path, fix: str) -> Path:
+    """`folder/relative`, refused when it would leave the folder (absolute, `..`, a link out)."""
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise LGAError(f"{manifest}: file entry {relative!r} points outside {folder}; {fix}")
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise LGAError(f"{path}: a link that points outside {folder}; replace it with the file itself or {fix}")
+    return path
+
+
+def verify_files(folder: Path, files: object, manifest: Path, fix: str) -> None:
+    """Every listed file is inside the folder, present, and has the recorded sha256."""
+    if not isinstance(files, dict) or not files:
+        raise LGAError(f"{manifest} lists no file digests (written by an older lga-export?); {fix}")
+    for relative, digest in files.items():
+        path = inside(folder, relative, manifest, fix)
+        if not path.is_file():
+            raise LGAError(f"{path}: listed in {manifest.name} but missing; {fix}")
+        if sha256_file(path) != digest:
+            raise LGAError(f"{path}: sha256 differs from {manifest.name} (changed after it was written); {fix}")
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file below `folder` (relative POSIX paths), for a manifest."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def check_model(recorded: object, expected: str | None, where: Path, fix: str) -> None:
+    """Refuse an artefact of another model than the one the caller holds."""
+    if expected is not None and recorded != expected:
+        raise LGAError(f"{where} belongs to another model (digest {str(recorded)[:12]}, this model is "
+                       f"{expected[:12]}); {fix}")
+
+
+def _config(manifest: dict[str, Any], path: Path, fix: str) -> LGAConfig:
+    raw = manifest.get("config")
+    if not isinstance(raw, dict):
+        raise LGAError(f"{path} has no model config; {fix}")
+    try:
+        return LGAConfig.from_json(json.dumps(raw))
+    except TypeError as exc:
+        raise LGAError(f"{path}: the model config is incomplete or mistyped ({exc}); {fix}") from None
+
+
+@dataclass(frozen=True)
+class ExportArtifact:
+    """A verified export folder: its manifest, model config and graph files."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    config: LGAConfig
+
+    @property
+    def model_digest(self) -> str:
+        return self.manifest["model_digest"]
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.manifest.get("precisions", []))
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.folder / TOKENIZER_DIR
+
+    def graph_entry(self, graph: str, precision: str) -> dict[str, Any]:
+        entry = self.manifest.get("graphs", {}).get(graph, {}).get(precision)
+        if not isinstance(entry, dict):
+            hint = {"fp16": "re-export with --fp16", "int8": "re-export with --int8"}.get(precision, REEXPORT)
+            raise LGAError(f"{self.folder}: no {precision} {graph} graph (has {self.precisions}); {hint}")
+        return entry
+
+    def graph(self, graph: str, precision: str) -> Path:
+        """The verified ONNX file of `graph` at `precision`."""
+        return inside(self.folder, self.graph_entry(graph, precision).get("file"), self.folder / MANIFEST, REEXPORT)
+
+
+def open_export(folder: str | Path, model_digest: str | None = None) -> ExportArtifact:
+    """Verify an export folder and return what it holds (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LGAError(f"{folder}: not an export folder; export one with lga-export onnx --out {folder}")
+    path = folder / MANIFEST
+    manifest = read_json(path, "an export folder", REEXPORT)
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise LGAError(f"{path}: format {manifest.get('format')!r}, this lga-export reads {EXPORT_FORMAT}; {REEXPORT}")
+    config = _config(manifest, path, REEXPORT)
+    verify_files(folder, manifest.get("files"), path, REEXPORT)
+    graphs = manifest.get("graphs")
+    if not isinstance(graphs, dict) or not graphs:
+        raise LGAError(f"{path} lists no graphs; {REEXPORT}")
+    for graph, by_precision in graphs.items():  # every graph file is one of the verified files
+        for precision, entry in (by_precision.items() if isinstance(by_precision, dict) else []):
+            names = [entry.get("file"), *entry.get("external_data", [])] if isinstance(entry, dict) else [None]
+            for name in names:
+                inside(folder, name, path, REEXPORT)
+                if name not in manifest["files"]:
+                    raise LGAError(f"{path}: the {precision} {graph} graph file {name!r} has no sha256; {REEXPORT}")
+    check_model(manifest.get("model_digest"), model_digest, folder, "export this model with lga-export onnx, "
+                "or pass the checkpoint it was exported from")
+    return ExportArtifact(folder, manifest, config)
+
+
+def engine_manifest_path(folder: Path, graph: str, precision: str) -> Path:
+    return Path(folder) / f"{graph}.{precision}.manifest.json"
+
+
+@dataclass(frozen=True)
+class EngineArtifact:
+    """A verified TensorRT engine: its manifest and engine file."""
+
+    manifest: dict[str, Any]
+    engine: Path
+
+
+def open_engine(folder: str | Path, graph: str, precision: str, model_digest: str | None = None) -> EngineArtifact:
+    """Verify one engine of an engine folder (files, digests, model) before TensorRT sees it."""
+    folder = Path(folder)
+    path = engine_manifest_path(folder, graph, precision)
+    build = f"build it with lga-export trt{' --fp16' if precision == 'fp16' else ''} --out {folder}"
+    if not path.is_file():
+        raise LGAError(f"{path} not found; an engine without its manifest is not trusted - {build}")
+    manifest = read_json(path, "an engine", REBUILD)
+    if manifest.get("format") != ENGINE_FORMAT:
+        raise LGAError(f"{path}: format {manifest.get('format')!r}, this lga-export reads {ENGINE_FORMAT}; {REBUILD}")
+    verify_files(folder, manifest.get("files"), path, REBUILD)
+    check_model(manifest.get("model_digest"), model_digest, path, "build engines from this model's export")
+    return EngineArtifact(manifest, inside(folder, manifest.get("engine"), path, REBUILD))
