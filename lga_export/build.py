@@ -51,7 +51,7 @@ def model_parts(model: LGA) -> list[tuple[str, nn.Module]]:
     parts: list[tuple[str, nn.Module]] = []
     backbone = getattr(model.text_encoder, "backbone", None)
     if backbone is not None:
-        parts.append(("text_encoder", backbone))
+        parts.append(("text_backbone", backbone))
         parts.append(("text_projection", model.text_encoder.projection))
     else:
         parts.append(("learnable_query", model.text_encoder))

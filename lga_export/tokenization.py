@@ -17,6 +17,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from lga_export.errors import LGAError
+from lga_export.export.specs import text_feeds
 
 _FIX = "re-export with lga-export onnx --force"
 EMPTY_TEXT = "empty text: every image needs a report (pass --text or a text file row)"
@@ -114,4 +115,4 @@ class TextTokenizer:
             span = slice(length - n, length) if self.padding_side == "left" else slice(0, n)
             input_ids[row, span] = encoding.ids
             attention_mask[row, span] = encoding.attention_mask
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return text_feeds(input_ids, attention_mask)

@@ -118,14 +118,14 @@ def test_dataset_items_have_model_sizes_and_augmentation_is_reproducible(tmp_pat
     config = get_preset("tiny")
     samples = index_split(root, "Train").samples
     plain = SegmentationDataset(samples, config)[1]
-    assert plain["image"].shape == (3, config.image_size, config.image_size)
+    assert plain["pixels"].shape == (3, config.image_size, config.image_size)
     assert plain["mask"].shape == (1, config.mask_size, config.mask_size)
     assert set(plain["mask"].unique().tolist()) == {0.0, 1.0}
     a = SegmentationDataset(samples, config, train=True, seed=3)
     b = SegmentationDataset(samples, config, train=True, seed=3)
-    assert torch.equal(a[1]["image"], b[1]["image"]) and torch.equal(a[1]["mask"], b[1]["mask"])
+    assert torch.equal(a[1]["pixels"], b[1]["pixels"]) and torch.equal(a[1]["mask"], b[1]["mask"])
     b.set_epoch(1)
-    assert not torch.equal(a[1]["image"], b[1]["image"])
+    assert not torch.equal(a[1]["pixels"], b[1]["pixels"])
 
 
 def test_augmentation_moves_image_and_mask_together():

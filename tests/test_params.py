@@ -27,7 +27,7 @@ def test_info_vit_b_768_text_reports_paper_count(bert768_dir):
     assert [parts[f"ffm_{i}"]["trainable"] for i in range(1, 5)] == [1_193_664] * 3 + [597_216]
     assert parts["text_projection"]["trainable"] == 0
     assert parts["image_encoder"]["trainable"] == 0 and parts["image_encoder"]["frozen"] > 80_000_000
-    assert parts["text_encoder"]["trainable"] == 0
+    assert parts["text_backbone"]["trainable"] == 0
 
 
 @pytest.mark.parametrize("changes, expected", [

@@ -115,7 +115,7 @@ def test_vit_b_step_changes_only_trainable_parameters(sam_vit_b_checkpoint, bert
     torch.manual_seed(0)
     mask = torch.zeros(1, 1, 256, 256)
     mask[..., 64:160, 32:128] = 1
-    batch = {"image": torch.randn(1, 3, 1024, 1024), "mask": mask, "text": text}
+    batch = {"pixels": torch.randn(1, 3, 1024, 1024), "mask": mask, "text": text}
     loss = train_step(model, optimizer, embedder, batch, params)
     assert torch.isfinite(loss)
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lga_export.export.specs import tolerance
+from lga_export.export.specs import TEXT_GRAPH, tolerance
 
 
 def check_gates(results: dict[str, Any], min_dice_agreement: float | None, max_latency_ratio: float | None,
@@ -26,7 +26,7 @@ def check_gates(results: dict[str, Any], min_dice_agreement: float | None, max_l
         for batch, figures in case["batches"].items():
             parity = figures["parity"]["end_to_end"]
             worst = parity["dice_worst"]
-            if parity["nonfinite"] or figures["parity"]["text_encoder"]["nonfinite"]:
+            if parity["nonfinite"] or figures["parity"][TEXT_GRAPH]["nonfinite"]:
                 failures.append(f"{label} batch {batch}: NaN/Inf outputs")
             if worst is None or worst < threshold:
                 shown = "none" if worst is None else f"{worst:.4f}"

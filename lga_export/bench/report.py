@@ -39,7 +39,7 @@ def _parity_table(results: dict[str, Any]) -> list[str]:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for case in results["cases"].values():
         for batch, figures in case["batches"].items():
-            p, t, gt = figures["parity"]["end_to_end"], figures["parity"]["text_encoder"], figures["ground_truth"]
+            p, t, gt = figures["parity"]["end_to_end"], figures["parity"][TEXT_GRAPH], figures["ground_truth"]
             foreground = p["reference_foreground"]
             lines.append(f"| {case['backend']} | {case['precision']} | {batch} | {_f(gt['gt_dice'], 4)} | "
                          f"{_f(gt['gt_miou'], 4)} | {_f(p['dice_mean'], 4)} | {_f(p['dice_p5'], 4)} | "

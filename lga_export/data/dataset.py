@@ -17,7 +17,7 @@ from lga_export.preprocess import normalize_pixels, resize_rgb
 
 
 class SegmentationDataset(Dataset):
-    """item -> dict(image 3xSxS float, mask 1xMxM float 0/1, text str, index int)."""
+    """item -> dict(pixels 3xSxS float, mask 1xMxM float 0/1, text str, index int)."""
 
     def __init__(self, samples: list[Sample], config: LGAConfig, *, train: bool = False,
                  seed: int = 0, augment_config: AugmentConfig | None = None) -> None:
@@ -46,4 +46,10 @@ class SegmentationDataset(Dataset):
             chw, mask = augment(torch.from_numpy(pixels.transpose(2, 0, 1).copy()), mask, gen, self.augment_config)
             pixels = chw.numpy().transpose(1, 2, 0)
         image = torch.from_numpy(normalize_pixels(pixels, self.config))
-        return {"image": image, "mask": mask, "text": sample.text, "index": index}
+        return {"pixels": image, "mask": mask, "text": sample.text, "index": index}
+
+
+def collate(batch: list[dict]) -> dict:
+    """A DataLoader batch: stacked pixels and masks, lists of texts and sample indexes."""
+    return {"pixels": torch.stack([b["pixels"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
+            "text": [b["text"] for b in batch], "index": [b["index"] for b in batch]}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-_PARTS = ("text_encoder", "lga_image", "end_to_end")
+from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH
+
+_PARTS = (TEXT_GRAPH, IMAGE_GRAPH, "end_to_end")
 
 
 def render_validation(report: dict[str, Any]) -> str:

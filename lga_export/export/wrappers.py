@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH
+
 
 class TextGraph(nn.Module):
     """input_ids, attention_mask -> text_embedding (pooling and projection inside the graph)."""
@@ -33,4 +35,4 @@ class ImageGraph(nn.Module):
 
 def graph_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Spec name -> wrapper module."""
-    return {"text_encoder": TextGraph(model).eval(), "lga_image": ImageGraph(model).eval()}
+    return {TEXT_GRAPH: TextGraph(model).eval(), IMAGE_GRAPH: ImageGraph(model).eval()}

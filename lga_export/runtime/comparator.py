@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lga_export.export.specs import Tolerance, tolerance
+from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, Tolerance, tolerance
 from lga_export.parity import Parity, compare, failures
 from lga_export.runtime.base import Runner
 from lga_export.runtime.pipeline import Segmenter
@@ -65,7 +65,7 @@ class PairParity:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        parts = {"text_encoder": self.text, "lga_image": self.image, "end_to_end": self.end_to_end}
+        parts = {TEXT_GRAPH: self.text, IMAGE_GRAPH: self.image, "end_to_end": self.end_to_end}
         return {"reference": self.reference, "candidate": self.candidate, "passed": self.passed,
                 "problems": self.problems, "atol": self.tolerance.atol, "min_dice": self.tolerance.min_dice,
                 **{name: parity.to_dict() for name, parity in parts.items() if parity is not None}}

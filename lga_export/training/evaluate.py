@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lga_export.data.dataset import SegmentationDataset
+from lga_export.data.dataset import SegmentationDataset, collate
 from lga_export.data.lvit import Sample
 from lga_export.imageio import read_mask
 from lga_export.metrics import score_logits
@@ -22,23 +22,18 @@ class SampleScore:
     text: str
 
 
-def _collate(batch: list[dict]) -> dict:
-    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
-            "text": [b["text"] for b in batch], "index": [b["index"] for b in batch]}
-
-
 def predict_logits(model, embedder, samples: list[Sample], batch_size: int = 8, progress: bool = False):
     """Yield (sample, 1xMxM numpy logits) in order, with no gradients."""
     from tqdm import tqdm
 
     dataset = SegmentationDataset(samples, model.config, train=False)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
-                logits = model.forward_image(batch["image"], embedder(batch["text"])).numpy()
+                logits = model.forward_image(batch["pixels"], embedder(batch["text"])).numpy()
                 for index, item in zip(batch["index"], logits):
                     yield samples[index], item
     finally:

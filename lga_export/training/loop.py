@@ -59,11 +59,6 @@ class TrainSettings:
     progress: bool = True
 
 
-def _collate(batch: list[dict]) -> dict:
-    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
-            "text": [b["text"] for b in batch]}
-
-
 def _prepare_out(settings: TrainSettings) -> None:
     out = settings.out
     existing = [name for name in OUTPUT_FILES + ("last",) if (out / name).exists()]
@@ -105,7 +100,7 @@ def train_step(model, optimizer: torch.optim.Optimizer, embedder, batch: dict,
     """One optimizer step on a batch (image, mask, text); returns the loss before the step."""
     from lga_export.training.losses import segmentation_loss
 
-    logits = model.forward_image(batch["image"], embedder(batch["text"]))
+    logits = model.forward_image(batch["pixels"], embedder(batch["text"]))
     loss = segmentation_loss(logits, batch["mask"])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -121,7 +116,7 @@ def train(config: LGAConfig, settings: TrainSettings, sam_checkpoint: Path | Non
 
     from lga_export.build import build_lga
     from lga_export.checkpoint import load_lga_checkpoint, load_sam_checkpoint, save_lga_checkpoint
-    from lga_export.data.dataset import SegmentationDataset
+    from lga_export.data.dataset import SegmentationDataset, collate
     from lga_export.data.lvit import index_split
     from lga_export.training.evaluate import score_samples, summarize
     from lga_export.training.schedule import lr_at
@@ -211,7 +206,7 @@ def train(config: LGAConfig, settings: TrainSettings, sam_checkpoint: Path | Non
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(settings.seed * 7919 + epoch))
             order = order[: steps_per_epoch * settings.batch_size][skip * settings.batch_size:].tolist()
             loader = DataLoader(Subset(dataset, order), batch_size=settings.batch_size, shuffle=False,
-                                collate_fn=_collate, drop_last=True)
+                                collate_fn=collate, drop_last=True)
             losses: list[float] = []
             for batch in loader:
                 step = progress["step"]

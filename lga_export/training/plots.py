@@ -49,7 +49,7 @@ def cases_figure(cases: list[dict[str, Any]], path: Path, force: bool = False) -
     plt = _pyplot()
     fig, axes = plt.subplots(len(cases), 3, figsize=(9, 3.2 * len(cases)), squeeze=False)
     for row, case in zip(axes, cases):
-        row[0].imshow(case["image"])
+        row[0].imshow(case["picture"])
         row[0].set_title(f"{case['label']}: {case['name']}", fontsize=8)
         row[0].set_xlabel("\n".join(textwrap.wrap(case["text"], 45)), fontsize=7)
         row[1].imshow(case["target"], cmap="gray")

@@ -54,7 +54,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, split: str, out: Path, *, 
         sample = by_name[scores[i].name]
         target = read_mask(sample.mask)
         logits = next(l for _, l in predict_logits(model, embedder, [sample], 1))
-        figure_cases.append({"label": label, "name": sample.name, "text": sample.text, "image": read_image(sample.image),
+        figure_cases.append({"label": label, "name": sample.name, "text": sample.text, "picture": read_image(sample.image),
                              "target": target, "pred": logits_to_mask(logits, target.shape),
                              "dice": scores[i].dice})
     cases_figure(figure_cases, out / "cases.png", force=force)
