@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from lga_export.cli.common import (CheckpointOption, PresetOption, SamCheckpointOption, TextModelOption,
-                                   ablation_overrides, quiet_libraries, user_errors)
+from lga_export.cli.common import (CheckpointOption, DebugOption, PresetOption, SamCheckpointOption, TextModelOption,
+                                   ablation_overrides, quiet_libraries, set_debug, user_errors)
 
 app = typer.Typer(help="Latency and Dice parity of every backend against the PyTorch FP32 reference.",
                   add_completion=False, pretty_exceptions_enable=False)
@@ -59,12 +59,14 @@ def bench(
     max_latency_ratio: Optional[float] = typer.Option(None, "--max-latency-ratio", help="Gate: image-graph p50 "
                                                       "latency / PyTorch FP32's, every other backend (exit 3 above)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    debug: bool = DebugOption,
 ) -> None:
     """Benchmark every backend and precision; writes results.json, report.md and PNG plots.
 
     Exit 3 when a gate fails (the report is still written), or when no backend was compared; 2 on a
     user error, including an --onnx or --engines folder of another model than the one benchmarked.
     """
+    set_debug(debug)
     quiet_libraries()
     from lga_export.bench import BenchSettings, run_benchmark
     from lga_export.loading import load_model

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import threading
 from typing import Any, Callable, Optional
 
 import typer
@@ -31,11 +33,28 @@ def quiet_libraries() -> None:
         pass
 
 
+def _debug() -> bool:
+    return os.environ.get("LGA_DEBUG", "") not in ("", "0")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:400] if text else type(exc).__name__
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """A user error becomes one line on stderr and exit code 2 (a failed check: 3), not a traceback."""
+    """No traceback reaches a user: a bad input is one line and exit 2, a failed check exit 3,
+    anything unforeseen one line and exit 1 (LGA_DEBUG=1 or --debug shows the traceback).
+    SIGTERM is handled like Ctrl-C, so atomic outputs are cleaned up and nothing partial is left."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
         try:
             return command(*args, **kwargs)
         except ValidationFailed as exc:
@@ -47,8 +66,34 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.secho("interrupted; no partial output was kept", err=True)
             raise typer.Exit(code=130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except OSError as exc:  # disk full, permission denied, a folder where a file should be ...
+            if _debug():
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.secho(f"error: {where}{exc.strerror or _one_line(exc)}; check the path, its permissions and the "
+                        f"free disk space", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=2) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+            if _debug():
+                raise
+            typer.secho(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with LGA_DEBUG=1 for the "
+                        f"traceback, and please report it)", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=1) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+DebugOption = typer.Option(False, "--debug", help="Show the full traceback of an unforeseen error (same as LGA_DEBUG=1).")
+
+
+def set_debug(debug: bool) -> None:
+    if debug:
+        os.environ["LGA_DEBUG"] = "1"
 
 
 def ablation_overrides(text_model: Optional[str], num_ffms: Optional[int] = None,

@@ -39,10 +39,9 @@ def onnx(
     from lga_export.export.report import render_validation
     from lga_export.loading import load_model
 
-    if opset < 18:
-        from lga_export.errors import LGAError
+    from lga_export.export.onnx_export import check_opset
 
-        raise LGAError(f"--opset {opset} is too old: the dynamo exporter writes opset 18 or newer")
+    check_opset(opset)
     model = load_model(preset, checkpoint, sam_checkpoint, ablation_overrides(text_model))
     manifest = export_onnx(model, out, fp16=fp16, int8=int8, opset=opset, force=force, validate=validate,
                            validation_batch=batch, data_root=data, log=typer.echo)

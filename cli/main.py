@@ -12,13 +12,23 @@ from typing import Optional
 
 import typer
 
-from lga_export.cli.common import (CheckpointOption, PresetOption, SamCheckpointOption, TextModelOption,
-                                   ablation_overrides, quiet_libraries, user_errors)
+from lga_export.cli.common import (CheckpointOption, DebugOption, PresetOption, SamCheckpointOption, TextModelOption,
+                                   ablation_overrides, quiet_libraries, set_debug, user_errors)
 
 app = typer.Typer(
     help="LGA (a text-guided adapter on SAM) from PyTorch to verified ONNX Runtime and TensorRT inference.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(debug: bool = DebugOption) -> None:
+    """LGA (a text-guided adapter on SAM) from PyTorch to verified ONNX Runtime and TensorRT inference.
+
+    Exit codes: 0 success, 2 bad input (one line names the problem and the fix), 3 a failed check
+    (export validation, NaN/Inf outputs, a benchmark gate), 1 an unforeseen error (--debug shows it).
+    """
+    set_debug(debug)
 
 
 @app.command()

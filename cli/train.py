@@ -14,7 +14,8 @@ DataOption = typer.Option(..., "--data", help="Dataset root in the LViT layout: 
 
 
 def train(
-    preset: str = typer.Option("tiny", "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, vit_h, tiny."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, "
+                                         "vit_h, tiny (default: tiny, or the saved run's with --resume)."),
     data: Path = DataOption,
     out: Path = typer.Option(..., "--out", help="Run folder: best.safetensors, last/, metrics, learning curve."),
     sam_checkpoint: Optional[Path] = SamCheckpointOption,
@@ -56,7 +57,8 @@ def train(
         overrides["text_source"] = "learnable_query"
     if train_encoder:
         overrides["train_image_encoder"] = True
-    config = resolve_config(preset, None, overrides)
+    given = preset is not None or any(v for v in overrides.values())
+    config = resolve_config(preset, None, overrides) if given or not resume else None
     settings = TrainSettings(data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, max_steps=max_steps,
                              augment=not no_augment, grad_clip=grad_clip, train_limit=limit_train,

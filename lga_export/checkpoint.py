@@ -30,9 +30,29 @@ class SamLoadReport:
     ignored: tuple[str, ...]  # prompt-encoder embeddings: LGA runs without prompts
 
 
+def file_kind(path: Path) -> str:
+    """What a checkpoint file holds, from its first bytes: 'zip' (torch.save), 'pickle' (legacy
+    torch.save), 'safetensors', or 'unknown'."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    return "unknown"
+
+
 def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LGAError(f"{path}: no such file; give the path of a SAM checkpoint (.pth)")
+    kind = file_kind(path)
+    if kind == "safetensors":
+        raise LGAError(f"{path}: a safetensors file, not a SAM .pth; an LGA checkpoint goes to --checkpoint")
+    if kind == "unknown":
+        raise LGAError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip nor pickle format); give SAM's "
+                       f"official sam_vit_*.pth")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -143,6 +163,9 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise LGAError(f"{path}: no such file; give an LGA checkpoint (.safetensors)")
+    if file_kind(path) in ("zip", "pickle"):
+        raise LGAError(f"{path}: a PyTorch .pth file, not an LGA checkpoint; a SAM checkpoint goes to "
+                       f"--sam-checkpoint (with --preset)")
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}

@@ -97,9 +97,18 @@ class LGAConfig:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise LGAError(f"the stored model config has unknown fields {unknown}; upgrade lga-export")
+        if not isinstance(raw, dict) or not isinstance(raw.get("preset"), str):
+            raise LGAError("the stored model config has no preset name; re-export or re-save the model")
         for name, value in raw.items():
             if isinstance(value, list):
-                raw[name] = tuple(value)
+                raw[name] = value = tuple(value)
+            default = known[name].default
+            wanted = float if isinstance(default, float) else type(default)
+            if default is not dataclasses.MISSING and not (
+                    isinstance(value, wanted) or (wanted is float and isinstance(value, int))) or (
+                    isinstance(value, bool) and wanted is not bool):
+                raise LGAError(f"the stored model config has {name}={value!r}, expected a {wanted.__name__}; "
+                               f"the file was edited or written by another tool - re-export or re-save the model")
         return cls(**raw)
 
 

@@ -54,6 +54,8 @@ def atomic_file(path: str | Path, force: bool = False) -> Iterator[Path]:
 def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` only when the block succeeds."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LGAError(f"{path} is a file, not a folder; give another output folder")
     refuse_overwrite(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))

@@ -85,7 +85,9 @@ def predict_files(model_ref: Path | None, *, image: Path | None = None, text: st
         rgbs = [read_image(path) for path, _ in jobs]  # every image readable before any inference
         with open_runner(backend, model_ref, precision, device) as runner:
             segmenter = Segmenter(runner)
-            for start in tqdm(range(0, len(jobs), batch_size), desc="predict", unit="batch", disable=not progress):
+            bar = tqdm(range(0, len(jobs), batch_size), desc="predict", unit="batch",
+                       disable=None if progress else True)  # None: shown on a terminal only
+            for start in bar:
                 chunk = slice(start, start + batch_size)
                 results = segmenter.segment(rgbs[chunk], [t for _, t in jobs[chunk]], threshold)
                 bad = [path.name for (path, _), r in zip(jobs[chunk], results) if not np.isfinite(r.logits).all()]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lga_export.data.lvit import reports_by_image
+from lga_export.errors import LGAError
 from lga_export.imageio import read_image, read_mask
 
 _REPORTS = (
@@ -68,8 +69,16 @@ def synthetic_samples(count: int, size: int = 224, seed: int = 0) -> list[Sample
     return samples
 
 
+def check_data_root(data_root: Path | None) -> None:
+    """Refuse a --data that is not a data root up front (a typo must not fall back to synthetic samples)."""
+    if data_root is not None and not (Path(data_root) / "qata-cov19" / "Val_Folder").is_dir():
+        raise LGAError(f"{data_root}: no qata-cov19/Val_Folder in it; give the data root (LViT layout) or drop "
+                       f"--data to use the built-in samples")
+
+
 def validation_samples(count: int, data_root: Path | None = None) -> tuple[list[Sample], str]:
     """`count` samples and where they came from ('qata-cov19 Val' or 'built-in synthetic')."""
+    check_data_root(data_root)
     root = data_root or default_data_root()
     if root is not None and (root / "qata-cov19" / "Val_Folder").is_dir():
         return qata_samples(root, count), f"qata-cov19 Val ({root})"

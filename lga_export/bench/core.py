@@ -29,6 +29,7 @@ from lga_export.fileio import atomic_dir
 from lga_export.metrics import score_logits
 from lga_export.runtime.comparator import Outputs, compare_outputs, run_samples
 from lga_export.runtime.pipeline import Segmenter
+from lga_export.samples import check_data_root
 from lga_export.versions import library_versions
 
 RESULTS = "results.json"
@@ -70,9 +71,7 @@ class BenchSettings:
             raise LGAError(f"--matmul-size must be at least 1, not {self.matmul_size}")
         if self.min_dice_agreement is not None and not 0.0 <= self.min_dice_agreement <= 1.0:
             raise LGAError(f"--min-dice-agreement must lie in 0..1, not {self.min_dice_agreement}")
-        if self.data_root is not None and not (Path(self.data_root) / "qata-cov19").is_dir():
-            raise LGAError(f"{self.data_root}: no qata-cov19/ folder in it; give the data root (LViT layout) or "
-                           f"drop --data to use the built-in samples")
+        check_data_root(self.data_root)
         return self
 
 

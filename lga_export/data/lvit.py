@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lga_export.errors import LGAError
+from lga_export.imageio import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("Train", "Val", "Test")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 _TEXT_COLUMNS = ("Description", "text", "Text", "description")
 _MASK_PREFIX = "mask_"
 
@@ -130,6 +130,8 @@ def _readable(path: Path) -> str | None:
     """None when PIL can open `path`, else the reason."""
     from PIL import Image, UnidentifiedImageError
 
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return None  # checked when read (lga_export.imageio), which names the file
     try:
         with Image.open(path) as image:
             image.verify()
@@ -170,6 +172,9 @@ def index_split(root: str | Path, split: str = "Train", *, skip_bad: bool = Fals
         text = _text_for(texts, image.name, mask.name)
         if text is None:
             bad(image, f"image without text in the {split_name}_text table")
+            continue
+        if not text.strip():
+            bad(image, f"empty report for {image.name} in the {split_name}_text table; fill in its row")
             continue
         if check_files:
             reason = _readable(image) or None

@@ -14,7 +14,7 @@ import torch
 from lga_export.artifact import EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, file_digests
 from lga_export.checkpoint import model_digest
 from lga_export.errors import LGAError, ValidationFailed
-from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, convert_to_fp16, export_graph
+from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, check_opset, convert_to_fp16, export_graph
 from lga_export.export.quantize import quantize_dynamic_int8
 from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, dummy_inputs, graph_specs
 from lga_export.export.validate import failure_lines, validate_export
@@ -22,6 +22,7 @@ from lga_export.export.wrappers import graph_modules
 from lga_export.fileio import atomic_dir
 from lga_export.versions import library_versions
 from lga_export.modeling.text_encoder import load_tokenizer
+from lga_export.samples import check_data_root
 
 
 def _trace_sizes(validation_batch: int) -> dict[str, int]:
@@ -39,6 +40,8 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool = 
                 opset: int = DEFAULT_OPSET, force: bool = False, validate: bool = True, validation_batch: int = 3,
                 data_root: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the export folder atomically; raise ValidationFailed (nothing written) on a failed check."""
+    check_opset(opset)
+    check_data_root(data_root)
     if validation_batch < 1:
         raise LGAError(f"--validation-batch must be at least 1, not {validation_batch}")
     model = model.eval().to("cpu")

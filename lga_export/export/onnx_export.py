@@ -16,12 +16,21 @@ import torch
 from lga_export.export.specs import GraphSpec
 
 DEFAULT_OPSET = 18
+MAX_OPSET = 23  # the newest opset the dynamo exporter of the pinned torch writes (checked by a test)
 MAX_BATCH = 64
 MAX_SEQUENCE = 512
 # Ops kept in FP32 inside FP16 graphs: normalisations (LayerNorm and SAM's LayerNorm2d,
 # which exports as ReduceMean/Pow/Sqrt/Div), softmax, and the text pooling reductions.
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Div",
             "Clip", "Max", "Resize", "Erf"]
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write, before minutes of tracing."""
+    from lga_export.errors import LGAError
+
+    if not DEFAULT_OPSET <= opset <= MAX_OPSET:
+        raise LGAError(f"--opset {opset} is not supported: the dynamo exporter writes opsets {DEFAULT_OPSET}..{MAX_OPSET}")
 
 
 def _dynamic_shapes(spec: GraphSpec) -> dict[str, dict[int, torch.export.Dim]]:

@@ -32,6 +32,8 @@ class TorchRunner(Runner):
     def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
                     model_digest: str | None = None, **options: Any) -> "TorchRunner":
         """A model, an LGA checkpoint path, or None (the embedded default model)."""
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise LGAError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
         if isinstance(source, torch.nn.Module):
             return cls(source, precision, device, **options)
         if source is not None and Path(source).is_dir():

@@ -110,8 +110,23 @@ def train_step(model, optimizer: torch.optim.Optimizer, embedder, batch: dict,
     return loss.detach()
 
 
-def train(config: LGAConfig, settings: TrainSettings, sam_checkpoint: Path | None = None) -> dict[str, Any]:
-    """Run (or resume) training; returns the summary also written to <out>/train.json."""
+def train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary also written to <out>/train.json.
+
+    `config`: the model to train (None with --resume: the saved run's). Everything is checked
+    before the first step; a run that fails before its first checkpoint leaves no --out folder.
+    """
+    out = Path(settings.out)
+    created = not out.exists()
+    try:
+        return _train(config, settings, sam_checkpoint)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Path | None) -> dict[str, Any]:
     from tqdm import tqdm
 
     from lga_export.build import build_lga
@@ -124,8 +139,9 @@ def train(config: LGAConfig, settings: TrainSettings, sam_checkpoint: Path | Non
     from lga_export.training.text_cache import TextEmbedder
 
     out = Path(settings.out)
+    if out.exists() and not out.is_dir():
+        raise LGAError(f"{out} is a file, not a folder; give another --out")
     _prepare_out(settings)
-    out.mkdir(parents=True, exist_ok=True)
     train_index = index_split(settings.data, settings.train_split, skip_bad=settings.skip_bad)
     val_index = index_split(settings.data, settings.val_split, skip_bad=settings.skip_bad)
     train_samples = train_index.samples[: settings.train_limit]
@@ -136,11 +152,16 @@ def train(config: LGAConfig, settings: TrainSettings, sam_checkpoint: Path | Non
     if settings.resume:
         model_path, state = load_last_state(out)
         model = load_lga_checkpoint(model_path)
+        if config is not None and config != model.config:
+            changed = [k for k in dataclasses.asdict(config) if getattr(config, k) != getattr(model.config, k)]
+            raise LGAError(f"--resume continues the saved {model.config.preset} model; the options change "
+                           f"{changed} - drop them, or start over with --force")
         config = model.config
     else:
         model = build_lga(config)
         if sam_checkpoint:
             load_sam_checkpoint(model, sam_checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -149,6 +170,7 @@ def train(config: LGAConfig, settings: TrainSettings, sam_checkpoint: Path | Non
     progress: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": -1, "history": [], "steps": [],
                                 "elapsed_s": 0.0}
     recipe = {k: getattr(settings, k) for k in _RECIPE_FIELDS}
+    recipe["data"] = str(Path(settings.data).resolve())
     if state is not None:
         saved = state["progress"].get("recipe", {})
         changed = {k: (saved[k], recipe[k]) for k in recipe if k in saved and saved[k] != recipe[k]}
