@@ -46,6 +46,11 @@ class TorchRunner(Runner):
     def activate_impl(self) -> None:
         from lga_export.export.wrappers import graph_modules
 
+        if self.device.type == "cuda" and self.precision == "fp32":
+            # The FP32 reference is FP32: TF32 matmuls/convolutions (PyTorch's default for cuDNN)
+            # would make it differ from FP32 engines, which are built with TF32 off.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.model.to(self.device).eval()
         graphs = graph_modules(self.model)
         self.graphs = {k: torch.compile(v) if self.compile else v for k, v in graphs.items()}
@@ -69,6 +74,10 @@ class TorchRunner(Runner):
         with torch.inference_mode(), self._autocast():
             output = self.graphs[graph](*args)
         return {spec.output: output.float().cpu().numpy()}
+
+    def timing_stream(self):
+        """The CUDA stream the graphs run on (for CUDA-event timings), None on the CPU."""
+        return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
