@@ -139,6 +139,164 @@ def _dicom(path: Path, pixels: np.ndarray | None = None) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.WindowCenter, ds.WindowWidth = 32767.5, 65536
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _readonly_out(w, tmp):
+    (tmp / "out").write_text("a file where the output folder should go")
+    return ["predict", "--model", str(w["onnx"]), "--image", str(w["image"]), "--text", "x", "--out", str(tmp / "out")]
+
+
+CASES = [
+    # predict: images and reports
+    Case("missing image", "lga-export", lambda w, t: _pred(w, t, "--image", str(t / "absent.png"), "--text", "x"), 2, "no such"),
+    Case("text named .png", "lga-export", lambda w, t: _pred(w, t, "--image", str(_file(t, "n.png", "notes")), "--text", "x"), 2, "n.png"),
+    Case("truncated png", "lga-export", lambda w, t: _pred(w, t, "--image", str(_truncated_png(w, t)), "--text", "x"), 2, "cut.png"),
+    Case("empty file", "lga-export", lambda w, t: _pred(w, t, "--image", str(_file(t, "e.png", b"")), "--text", "x"), 2, "e.png"),
+    Case("14000x14000 image", "lga-export", lambda w, t: _pred(w, t, "--image", str(_huge_png(t)), "--text", "x"), 2, "huge.png"),
+    Case("all-NaN float TIFF", "lga-export", lambda w, t: _pred(w, t, "--image", str(_nan_tiff(t)), "--text", "x"), 2, "nan.tif"),
+    Case("DICOM without pixels", "lga-export", lambda w, t: _pred(w, t, "--image", str(_dicom(t / "report.dcm")), "--text", "x"), 2, "report.dcm"),
+    Case("empty text", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "  "), 2, "empty text"),
+    Case("image without text", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"])), 2, "needs --text"),
+    Case("image and images", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "x", "--images", str(w["images"]), "--text-file", str(w["table"])), 2, "not both"),
+    Case("nothing to segment", "lga-export", lambda w, t: _pred(w, t), 2, "give --image"),
+    Case("empty image folder", "lga-export", lambda w, t: _pred(w, t, "--images", str(_folder(t, {})), "--text-file", str(w["table"])), 2, "no images"),
+    Case("images not a folder", "lga-export", lambda w, t: _pred(w, t, "--images", str(w["image"]), "--text-file", str(w["table"])), 2, "not a folder"),
+    Case("missing text file", "lga-export", lambda w, t: _pred(w, t, "--images", str(w["images"]), "--text-file", str(t / "no.csv")), 2, "no such text file"),
+    Case("report missing for an image", "lga-export", lambda w, t: _pred(w, t, "--images", str(w["images"]), "--text-file", str(_table(t, {"other.png": "x"}))), 2, "no report"),
+    Case("empty report in the table", "lga-export", lambda w, t: _pred(w, t, "--images", str(_folder(t, {"a.png": w["image"].read_bytes()})), "--text-file", str(_table(t, {"a.png": " "}))), 2, "empty report"),
+    Case("two images with one stem", "lga-export", _same_stem, 2, "two outputs"),
+    Case("output exists", "lga-export", _existing_output, 2, "--force"),
+    Case("output is a file", "lga-export", _readonly_out, 2, "is a file"),
+    # predict: models and backends
+    Case("model path missing", "lga-export", lambda w, t: ["predict", "--model", str(t / "nope.safetensors"), "--image", str(w["image"]), "--text", "x", "--out", str(t / "out")], 2, "no such file"),
+    Case("model folder of nothing", "lga-export", lambda w, t: ["predict", "--model", str(_folder(t, {})), "--image", str(w["image"]), "--text", "x", "--out", str(t / "out")], 2, "neither an export folder"),
+    Case("SAM .pth as the model", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "x", model="sam"), 2, "not an LGA checkpoint"),
+    Case("random bytes as the model", "lga-export", lambda w, t: ["predict", "--model", str(_file(t, "r.safetensors", b"\x00" * 64)), "--image", str(w["image"]), "--text", "x", "--out", str(t / "out")], 2, "r.safetensors"),
+    Case("unknown backend", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "x", "--backend", "tflite"), 2, "unknown backend"),
+    Case("ort on a checkpoint", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "x", "--backend", "ort", model="checkpoint"), 2, "export folder"),
+    Case("int8 not exported", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "x", "--precision", "int8"), 2, "--int8"),
+    Case("unknown precision", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "x", "--precision", "fp8"), 2, "fp8"),
+    Case("cuda without a GPU", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "x", "--device", "cuda", model="checkpoint"), 2, "CUDA"),
+    Case("NaN weights", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "x", model="nan"), 3, "NaN/Inf"),
+    Case("edited model config", "lga-export", lambda w, t: ["predict", "--model", str(_bad_config(w, t, {"depth": "4"})), "--image", str(w["image"]), "--text", "x", "--out", str(t / "out")], 2, "depth"),
+    Case("config without preset", "lga-export", lambda w, t: ["info", "--checkpoint", str(_bad_config(w, t, {"preset": None}))], 2, "preset"),
+    # onnx
+    Case("opset 99", "lga-export", lambda w, t: ["onnx", "--opset", "99", "--out", str(t / "out")], 2, "--opset 99"),
+    Case("validation batch 0", "lga-export", lambda w, t: ["onnx", "--validation-batch", "0", "--out", str(t / "out")], 2, "--validation-batch"),
+    Case("export data typo", "lga-export", lambda w, t: ["onnx", "--data", str(t / "typo"), "--out", str(t / "out")], 2, "no qata-cov19"),
+    Case("export over a file", "lga-export", lambda w, t: ["onnx", "--out", str(_file(t, "out", "mine"))], 2, "is a file"),
+    Case("unknown preset", "lga-export", lambda w, t: ["onnx", "--preset", "vit_q", "--out", str(t / "out")], 2, "unknown preset"),
+    Case("preset and checkpoint", "lga-export", lambda w, t: ["onnx", "--preset", "tiny", "--checkpoint", str(w["checkpoint"]), "--out", str(t / "out")], 2, "not both"),
+    Case("random bytes as SAM checkpoint", "lga-export", lambda w, t: ["onnx", "--preset", "tiny", "--sam-checkpoint", str(_file(t, "s.pth", b"\x13" * 64)), "--out", str(t / "out")], 2, "not a PyTorch checkpoint"),
+    Case("safetensors as SAM checkpoint", "lga-export", lambda w, t: ["onnx", "--preset", "tiny", "--sam-checkpoint", str(w["checkpoint"]), "--out", str(t / "out")], 2, "safetensors file"),
+    Case("SAM .pth as --checkpoint", "lga-export", lambda w, t: ["onnx", "--checkpoint", str(w["sam"]), "--out", str(t / "out")], 2, "--sam-checkpoint"),
+    Case("SAM of another preset", "lga-export", lambda w, t: ["onnx", "--preset", "tiny", "--sam-checkpoint", str(w["sam"]), "--out", str(t / "out")], 2, "sam.pth"),
+    # lga-bench
+    Case("matmul size -1", "lga-bench", lambda w, t: ["--onnx", str(w["onnx"]), *BENCH_FAST[:-2], "--matmul-size", "-1", "--out", str(t / "out")], 2, "--matmul-size"),
+    Case("batch 0", "lga-bench", lambda w, t: ["--onnx", str(w["onnx"]), "--batch", "0", "--out", str(t / "out")], 2, "--batch"),
+    Case("samples 0", "lga-bench", lambda w, t: ["--onnx", str(w["onnx"]), "--samples", "0", "--out", str(t / "out")], 2, "--samples"),
+    Case("threads 0", "lga-bench", lambda w, t: ["--onnx", str(w["onnx"]), "--threads", "0", "--out", str(t / "out")], 2, "--threads"),
+    Case("unknown precision", "lga-bench", lambda w, t: ["--precision", "fp64", "--out", str(t / "out")], 2, "fp64"),
+    Case("bench data typo", "lga-bench", lambda w, t: ["--data", str(t / "typo"), "--out", str(t / "out")], 2, "no qata-cov19"),
+    Case("bench onnx typo", "lga-bench", lambda w, t: ["--onnx", str(t / "typo"), *BENCH_FAST, "--out", str(t / "out")], 2, "not an export folder"),
+    Case("dice gate outside 0..1", "lga-bench", lambda w, t: ["--min-dice-agreement", "2", "--out", str(t / "out")], 2, "--min-dice-agreement"),
+    # train / eval / trt / info
+    Case("train data missing", "lga-export", lambda w, t: ["train", "--data", str(t / "none"), "--out", str(t / "out")], 2, "no such split folder"),
+    Case("resume nothing", "lga-export", lambda w, t: ["train", "--data", str(t / "none"), "--out", str(t / "out"), "--resume"], 2, "none"),
+    Case("resume and force", "lga-export", lambda w, t: ["train", "--data", str(t), "--out", str(t / "out"), "--resume", "--force"], 2, "not both"),
+    Case("eval checkpoint missing", "lga-export", lambda w, t: ["eval", "--checkpoint", str(t / "no.safetensors"), "--data", str(t), "--out", str(t / "out")], 2, "no such"),
+    Case("trt without TensorRT or GPU", "lga-export", lambda w, t: ["trt", "--onnx", str(w["onnx"]), "--out", str(t / "out")], 2, "TensorRT"),
+    Case("info ffms 0", "lga-export", lambda w, t: ["info", "--num-ffms", "0"], 2, "num_ffms"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.command} {c.name}" for c in CASES])
+def test_bad_input(case: Case, world: dict, tmp_path: Path) -> None:
+    if case.name == "trt without TensorRT or GPU" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    args = case.args(world, tmp_path)
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(bench_app if case.command == "lga-bench" else app, args)
+    assert result.exit_code == case.code, (args, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:" if case.code == 2 else "failed:"), lines
+    assert case.message in lines[0], lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert after == made, f"left behind: {set(after) - set(made)}"  # nothing new, nothing half-written
+    assert before == [] or before == made[: len(before)]
+
+
+def test_at_least_forty_cases() -> None:
+    assert len(CASES) >= 40
+
+
+def test_unforeseen_error_is_one_line_exit_1_and_debug_shows_it(monkeypatch, world, tmp_path) -> None:
+    import lga_export.predict as predict_module
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("an unforeseen bug")
+
+    monkeypatch.setattr(predict_module, "collect_jobs", boom)
+    args = ["predict", "--model", str(world["onnx"]), "--image", str(world["image"]), "--text", "x",
+            "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "internal error: ZeroDivisionError" in result.stderr
+    assert "Traceback" not in result.stderr and "LGA_DEBUG" in result.stderr
+    debug = CliRunner().invoke(app, ["--debug", *args])
+    assert isinstance(debug.exception, ZeroDivisionError)
+    monkeypatch.delenv("LGA_DEBUG", raising=False)
+
+
+def test_sigterm_leaves_no_partial_export(tmp_path) -> None:
+    """SIGTERM during `lga-export onnx` is handled like Ctrl-C: the staging folder is removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "export"
+    process = subprocess.Popen([sys.executable, "-m", "lga_export.cli.main", "onnx", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".export.*")):
+        time.sleep(0.2)
+    assert list(tmp_path.glob(".export.*")), "the export never started"
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sixteen_bit_and_dicom_copies_give_the_same_mask(world, tmp_path) -> None:
+    """The same X-ray as 8-bit PNG, 16-bit PNG and 16-bit DICOM gives the same mask (Dice >= 0.98)."""
+    from lga_export.metrics import dice
+
+    gray = np.asarray(Image.open(world["image"]).convert("L"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(gray).save(folder / "x8.png")
+    Image.fromarray((gray.astype(np.uint16) * 257)).save(folder / "x16.png")
     _dicom(folder / "x_dcm.dcm", gray.astype(np.uint16) * 257)
     text = "Bilateral pulmonary infection, two infected areas, all left lung and all right lung."
     table = _file(tmp_path, "t.csv", "Image,Description\n" + "".join(f'{p.name},"{text}"\n' for p in folder.iterdir()))
