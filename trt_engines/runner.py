@@ -1,24 +1,30 @@
-"""TensorRTRunner: the two LGA engines behind the common Runner interface.
+"""TensorRTRunner: the two LGA engines of an engine folder behind the common Runner interface.
 
-Engines are refused when their manifest says they were built for another GPU, another
-TensorRT version or from an ONNX file that has changed since. Device buffers are torch CUDA
-tensors allocated once per input shape and reused; inputs outside the engine's profile are
+Opening (`from_source`) verifies every engine with `lga_export.artifact.open_engine` (sha256
+of each listed file, paths inside the folder, model digest) and, when an export folder is
+given, that each engine was built from that export's ONNX. Activation then refuses engines
+built for another GPU, compute capability or TensorRT version, deserializes them and creates
+the runner's own CUDA stream: host-to-device copies, `execute_async_v3` and device-to-host
+copies are all queued on it, and `synchronize()` waits for it. Device buffers are torch CUDA
+tensors allocated once per input shape and reused; inputs outside an engine's profile are
 refused with a one-line error before TensorRT sees them.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lga_export.artifact import REBUILD, TOKENIZER_DIR, EngineArtifact
+from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
+from lga_export.export.specs import GRAPHS
 from lga_export.runtime.base import Runner
-from lga_export.trt_engines.manifest import EngineFiles, check_compatible, read_manifest
+from lga_export.trt_engines.manifest import check_compatible, engine_label, verified_engine
 from lga_export.trt_engines.profiles import Profile, Shape, check_shapes, profile_from_json
-
-GRAPHS = ("text_encoder", "lga_image")
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> Any:
@@ -34,116 +40,221 @@ def _torch_dtype(trt: Any, dtype: Any) -> Any:
     return table[dtype]
 
 
-class _Engine:
-    """One deserialized engine, its context and the buffers of the shape it ran last."""
+def _config_of(manifest: dict[str, Any], where: Path) -> LGAConfig:
+    raw = manifest.get("config")
+    if not isinstance(raw, dict):
+        raise LGAError(f"{where} has no model config; {REBUILD}")
+    try:
+        return LGAConfig.from_json(json.dumps(raw))
+    except TypeError as exc:
+        raise LGAError(f"{where}: the model config is incomplete or mistyped ({exc}); {REBUILD}") from None
 
-    def __init__(self, trt: Any, runtime: Any, files: EngineFiles, manifest: dict[str, Any]) -> None:
-        self.graph = files.graph
-        self.profile: Profile = profile_from_json(manifest["profile"])
-        self.engine = runtime.deserialize_cuda_engine(files.engine.read_bytes())
-        if self.engine is None:
-            raise LGAError(f"{files.engine} does not deserialize; rebuild it with lga-export trt --force")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self.inputs = [n for n in names if is_input[n]]
-        self.outputs = [n for n in names if not is_input[n]]
-        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+
+class _Engine:
+    """One deserialized engine: its execution context and the device buffers of the shape it ran last.
+
+    `device` is where buffers live (a CUDA device); `run` queues everything on the stream it is given.
+    """
+
+    def __init__(self, graph: str, engine: Any, context: Any, profile: Profile, inputs: list[str],
+                 outputs: list[str], dtypes: dict[str, Any], device: Any) -> None:
+        self.graph = graph
+        self.engine = engine
+        self.context = context
+        self.profile = profile
+        self.inputs = inputs
+        self.outputs = outputs
+        self.dtypes = dtypes
+        self.device = device
         self._buffers: dict[tuple[Shape, ...], dict[str, Any]] = {}
-        self._shapes: tuple[Shape, ...] | None = None
+        self._bound: tuple[Shape, ...] | None = None
+
+    @classmethod
+    def load(cls, trt: Any, runtime: Any, artifact: EngineArtifact, device: Any) -> "_Engine":
+        engine = runtime.deserialize_cuda_engine(artifact.engine.read_bytes())
+        if engine is None:
+            raise LGAError(f"{artifact.engine} does not deserialize (see the TensorRT log above); {REBUILD}")
+        context = engine.create_execution_context()
+        if context is None:
+            raise LGAError(f"TensorRT could not create an execution context for {artifact.engine} "
+                           f"(out of GPU memory?); see the TensorRT log above")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        dtypes = {n: _torch_dtype(trt, engine.get_tensor_dtype(n)) for n in names}
+        return cls(artifact.manifest["graph"], engine, context, profile_from_json(artifact.manifest["profile"]),
+                   [n for n in names if is_input[n]], [n for n in names if not is_input[n]], dtypes, device)
+
+    def _set_shape(self, name: str, shape: Shape) -> None:
+        if not self.context.set_input_shape(name, tuple(shape)):
+            raise LGAError(f"{self.graph}: TensorRT refused input {name} with shape {tuple(shape)} "
+                           f"(set_input_shape returned False); see the TensorRT log above")
+
+    def _bind(self, name: str, tensor: Any) -> None:
+        if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            raise LGAError(f"{self.graph}: TensorRT refused the buffer of {name} with shape {tuple(tensor.shape)} "
+                           f"(set_tensor_address returned False); see the TensorRT log above")
 
     def buffers(self, shapes: dict[str, Shape]) -> dict[str, Any]:
-        """Device tensors for these input shapes, allocated on first use and bound to the context."""
+        """Device tensors for these input shapes, allocated on first use and bound to the context.
+        Called inside the runner's stream context, so the allocations belong to that stream."""
         import torch
 
         key = tuple(tuple(shapes[n]) for n in self.inputs)
         if key not in self._buffers:
             for name in self.inputs:
-                self.context.set_input_shape(name, shapes[name])
-            device = torch.device("cuda", torch.cuda.current_device())
-            tensors = {n: torch.empty(tuple(shapes[n]), dtype=self.dtypes[n], device=device) for n in self.inputs}
+                self._set_shape(name, shapes[name])
+            tensors = {n: torch.empty(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in self.inputs}
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
-                tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device=device)
+                if any(d < 0 for d in shape):
+                    raise LGAError(f"{self.graph}: TensorRT left output {name} with unresolved shape {shape} "
+                                   f"for inputs {dict(shapes)}")
+                tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
             self._buffers[key] = tensors
-        if self._shapes != key:
+            self._bound = None
+        if self._bound != key:
             for name in self.inputs:
-                self.context.set_input_shape(name, shapes[name])
+                self._set_shape(name, shapes[name])
             for name, tensor in self._buffers[key].items():
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            self._shapes = key
+                self._bind(name, tensor)
+            self._bound = key
         return self._buffers[key]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def close(self) -> None:
+        """Free in TensorRT's order: buffers and execution context before the engine."""
+        self._buffers.clear()
+        self._bound = None
+        self.context = None
+        self.engine = None
+
+    def run(self, feeds: dict[str, np.ndarray], stream: Any) -> dict[str, np.ndarray]:
+        """Copy the feeds in, execute and copy the outputs back, all queued on `stream`; the
+        final device-to-host copies wait for that stream, so the outputs are complete."""
         import torch
 
         shapes = {name: tuple(np.shape(feeds[name])) for name in self.inputs if name in feeds}
         check_shapes(self.graph, self.profile, shapes)
-        tensors = self.buffers(shapes)
-        for name in self.inputs:
-            tensors[name].copy_(torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.dtypes[name]))
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise LGAError(f"TensorRT failed to run the {self.graph} engine; see the TensorRT log above")
-        return {name: tensors[name].float().cpu().numpy() for name in self.outputs}
+        with torch.cuda.stream(stream):
+            tensors = self.buffers(shapes)
+            for name in self.inputs:
+                host = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+                tensors[name].copy_(host.to(self.dtypes[name]))
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise LGAError(f"TensorRT failed to run the {self.graph} engine; see the TensorRT log above")
+            return {name: tensors[name].float().cpu().numpy() for name in self.outputs}
 
 
 class TensorRTRunner(Runner):
-    """Runs `text_encoder` and `lga_image` engines built by `lga-export trt` from `engines_dir`.
+    """Runs the `text_encoder` and `lga_image` engines that `lga-export trt` wrote to `engines_dir`.
 
-    `onnx_dir`: the export folder to check the engines' source ONNX against (default: the one
-    recorded at build time; the check is skipped when the ONNX file is no longer there).
+    `artifacts`: graph name -> verified EngineArtifact (from `from_source`).
     """
 
     backend = "trt"
+    precisions = ("fp32", "fp16")
 
-    def __init__(self, engines_dir: str | Path, precision: str = "fp32", onnx_dir: str | Path | None = None) -> None:
-        super().__init__(precision)
+    def __init__(self, config: LGAConfig, engines_dir: str | Path, artifacts: dict[str, EngineArtifact],
+                 precision: str = "fp32", *, device: str = "cuda", onnx_dir: str | Path | None = None) -> None:
+        super().__init__(config, precision)
         self.engines_dir = Path(engines_dir)
+        self.artifacts = dict(artifacts)
+        self.device_name = device
         self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else None
         self._engines: dict[str, _Engine] = {}
         self._environment: dict[str, Any] = {}
+        self._stream: Any = None
+        self._runtime: Any = None  # outlives the engines it deserialized
 
-    def _current_digests(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
-        from lga_export.trt_engines.sources import onnx_digests
+    @classmethod
+    def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cuda",
+                    model_digest: str | None = None, onnx_dir: str | Path | None = None,
+                    **options: Any) -> "TensorRTRunner":
+        """An engine folder written by `lga-export trt`, verified before anything is loaded.
 
-        source = manifest.get("source", {})
-        folder = self.onnx_dir or (Path(source["onnx_dir"]) if source.get("onnx_dir") else None)
-        path = folder / source.get("onnx_file", "") if folder else None
-        return onnx_digests(path) if path is not None and path.is_file() else None
+        `onnx_dir`: the export folder to check the engines' source ONNX against (opened with
+        `open_export`, so it is verified too); without it no export is looked for.
+        `model_digest`: refuse engines (and an export) of another model.
+        """
+        from lga_export.artifact import open_export
 
-    def activate(self) -> None:
-        """Check every manifest against this machine, then deserialize both engines."""
-        from lga_export.trt_engines._trt import current_environment, import_tensorrt
+        if options:
+            raise LGAError(f"the TensorRT runner takes no options {sorted(options)}")
+        if not (isinstance(source, (str, Path)) and Path(source).is_dir()):
+            raise LGAError("TensorRT runs an engine folder; build one with lga-export trt --onnx EXPORT --out "
+                           "FOLDER and pass the folder")
+        if precision not in cls.precisions:
+            raise LGAError(f"backend {cls.backend} runs {', '.join(cls.precisions)}, not {precision}")
+        if not str(device).startswith("cuda"):
+            raise LGAError(f"TensorRT engines run on a CUDA GPU, not on {device!r}; pass device cuda")
+        folder = Path(source)
+        export = open_export(onnx_dir, model_digest) if onnx_dir is not None else None
+        artifacts = {graph: verified_engine(folder, graph, precision, model_digest=model_digest, export=export)
+                     for graph in GRAPHS}
+        digests = {a.manifest.get("model_digest") for a in artifacts.values()}
+        if len(digests) != 1:
+            raise LGAError(f"{folder}: its {precision} engines belong to different models; {REBUILD}")
+        first = next(iter(artifacts.values()))
+        config = _config_of(first.manifest, folder)
+        return cls(config, folder, artifacts, precision, device=device, onnx_dir=onnx_dir)
 
-        trt = import_tensorrt()
-        self._environment = current_environment()
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        for graph in GRAPHS:
-            files = EngineFiles(self.engines_dir, graph, self.precision)
-            if not files.engine.is_file():
-                raise LGAError(f"{files.engine} not found; build it with lga-export trt"
-                               f"{' --fp16' if self.precision == 'fp16' else ''} --out {self.engines_dir}")
-            manifest = read_manifest(files.manifest)
-            check_compatible(manifest, self._environment, self._current_digests(manifest))
-            self._engines[graph] = _Engine(trt, runtime, files, manifest)
-        self.active = True
+    @property
+    def model_digest(self) -> str | None:
+        return next(iter(self.artifacts.values())).manifest.get("model_digest") if self.artifacts else None
 
-    def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self.active:
-            raise LGAError("the TensorRT runner is not active; use it as a context manager or call activate()")
-        if graph not in self._engines:
-            raise LGAError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
-        return self._engines[graph].run(feeds)
-
-    def deactivate(self) -> None:
-        self._engines.clear()
-        super().deactivate()
-
-    def synchronize(self) -> None:
+    def activate_impl(self) -> None:
+        """Check every engine against this machine, deserialize both, create the CUDA stream."""
         import torch
 
-        torch.cuda.synchronize()
+        from lga_export.trt_engines._trt import current_environment, require_tensorrt_and_gpu
+
+        trt = require_tensorrt_and_gpu()
+        device = torch.device(self.device_name)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        device = torch.device("cuda", index)
+        self._environment = current_environment(index)
+        for artifact in self.artifacts.values():
+            check_compatible(artifact.manifest, self._environment)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        try:
+            with torch.cuda.device(device):
+                self._stream = torch.cuda.Stream(device=device)
+                for graph, artifact in self.artifacts.items():
+                    self._engines[graph] = _Engine.load(trt, self._runtime, artifact, device)
+        except BaseException:
+            self.deactivate_impl()
+            raise
+
+    def infer_impl(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._engines[graph].run(feeds, self._stream)
+
+    def deactivate_impl(self) -> None:
+        if self._stream is not None:
+            self._stream.synchronize()
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+        self._stream = None
+        self._runtime = None
+
+    def tokenizer(self):
+        """The tokenizer the build copied into the engine folder (listed in every engine manifest)."""
+        from lga_export.tokenization import TextTokenizer
+
+        folder = self.engines_dir / TOKENIZER_DIR
+        if not folder.is_dir():
+            raise LGAError(f"{self.engines_dir} has no {TOKENIZER_DIR}/ folder (engines built by an older "
+                           f"lga-export?); {REBUILD}")
+        return TextTokenizer.from_folder(folder)
+
+    def synchronize(self) -> None:
+        """Wait for the work queued on this runner's stream (latency timers call it)."""
+        if self._stream is not None:
+            self._stream.synchronize()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self._environment, "engines_dir": str(self.engines_dir)}
+        info = super().describe()
+        info.update(self._environment)
+        info.update(engines_dir=str(self.engines_dir), device=self.device_name, model_digest=self.model_digest,
+                    engines={graph: engine_label(a.manifest) for graph, a in self.artifacts.items()},
+                    onnx_dir=str(self.onnx_dir) if self.onnx_dir else None)
+        return info

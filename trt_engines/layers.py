@@ -1,7 +1,11 @@
 """Per-layer report of a built engine (layer, type, precision, tactic) from TensorRT's engine
 inspector, so a silent precision change (an FP16 engine running FP32, or the reverse) shows.
 
-Parsing is pure Python over the inspector's JSON; only `engine_information` touches TensorRT.
+The inspector's JSON differs between versions: TensorRT 10 describes each layer tensor with
+one "Format/Datatype" string ("Row major linear FP16 format", "Half", "Float"); TensorRT 11
+splits it into "Datatype" ("Half", "Float", ...) and "Format" ("Row major linear FP16 format
+(kLINEAR)"). Both are read here (as Polygraphy 0.53's engine extractor does). Parsing is pure
+Python over the JSON; only `engine_information` touches TensorRT.
 """
 
 from __future__ import annotations
@@ -10,19 +14,24 @@ import json
 from collections import Counter
 from typing import Any
 
+from lga_export.errors import LGAError
 from lga_export.trt_engines.profiles import Profile
 
-# Substrings of TensorRT's "Format/Datatype" strings (e.g. "Row major linear FP16 format",
-# "Half", "Float", "Int8") mapped to one precision name; checked in this order.
-_PRECISION_WORDS = (("bf16", "bf16"), ("bfloat", "bf16"), ("fp8", "fp8"), ("fp16", "fp16"), ("half", "fp16"),
-                    ("fp32", "fp32"), ("float", "fp32"), ("int64", "int64"), ("int32", "int32"),
-                    ("int8", "int8"), ("int4", "int4"), ("bool", "bool"), ("uint8", "uint8"))
+# Substrings of the inspector's type strings mapped to one precision name, checked in this
+# order (longer and more specific words first: "bfloat16" before "float", "uint8" before "int8").
+_PRECISION_WORDS = (("bf16", "bf16"), ("bfloat", "bf16"), ("fp8", "fp8"), ("e4m3", "fp8"), ("fp16", "fp16"),
+                    ("float16", "fp16"), ("half", "fp16"), ("fp32", "fp32"), ("float32", "fp32"),
+                    ("float", "fp32"), ("int64", "int64"), ("int32", "int32"), ("uint8", "uint8"),
+                    ("int8", "int8"), ("int4", "int4"), ("bool", "bool"))
+COMBINED_KEY = "Format/Datatype"  # TensorRT <= 10
+DATATYPE_KEYS = ("Datatype", "DataType")  # TensorRT 11 ("DataType" is the spelling of its I/O Tensors list)
+FORMAT_KEY = "Format"
 
 
-def tensor_precision(fmt: str) -> str:
-    """Precision named in an inspector Format/Datatype string ('unknown' when absent or N/A)."""
-    lowered = fmt.lower()
-    if lowered.startswith("n/a"):
+def tensor_precision(text: str) -> str:
+    """Precision named in an inspector type or format string ('unknown' when absent or N/A)."""
+    lowered = str(text).lower().strip()
+    if not lowered or lowered.startswith("n/a"):
         return "unknown"
     for word, precision in _PRECISION_WORDS:
         if word in lowered:
@@ -30,10 +39,32 @@ def tensor_precision(fmt: str) -> str:
     return "unknown"
 
 
+def tensor_type_text(tensor: dict[str, Any]) -> str:
+    """The tensor's type description in either schema: the 10.x combined string, or the 11.x
+    "Datatype" and "Format" joined (datatype first)."""
+    if COMBINED_KEY in tensor:
+        return str(tensor[COMBINED_KEY])
+    parts = [str(tensor[k]) for k in (*DATATYPE_KEYS, FORMAT_KEY) if tensor.get(k)]
+    return " ".join(parts)
+
+
+def tensor_info_precision(tensor: dict[str, Any]) -> str:
+    """One layer tensor's precision. In the 11.x schema the datatype field decides; the format
+    string is only consulted when the datatype is missing or unrecognised."""
+    if COMBINED_KEY in tensor:
+        return tensor_precision(str(tensor[COMBINED_KEY]))
+    for key in DATATYPE_KEYS:
+        if tensor.get(key):
+            found = tensor_precision(str(tensor[key]))
+            if found != "unknown":
+                return found
+    return tensor_precision(str(tensor.get(FORMAT_KEY, "")))
+
+
 def layer_precision(layer: dict[str, Any]) -> str:
     """A layer's compute precision: that of its outputs (inputs when it has none), or 'mixed'."""
     tensors = layer.get("Outputs") or layer.get("Inputs") or []
-    found = {tensor_precision(str(t.get("Format/Datatype", ""))) for t in tensors if isinstance(t, dict)}
+    found = {tensor_info_precision(t) for t in tensors if isinstance(t, dict)}
     found.discard("unknown")
     if not found:
         return "unknown"
@@ -79,7 +110,9 @@ def engine_information(engine: Any, profile: Profile) -> dict[str, Any]:
     trt = import_tensorrt()
     context = engine.create_execution_context()
     for name, (_, opt, _) in profile.items():
-        context.set_input_shape(name, opt)
+        if not context.set_input_shape(name, opt):
+            raise LGAError(f"TensorRT refused input {name} at shape {tuple(opt)} (the profile's opt shape) "
+                           f"while inspecting the engine; see the TensorRT log above")
     inspector = engine.create_engine_inspector()
     inspector.execution_context = context
     return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))

@@ -1,0 +1,92 @@
+"""benchmarks/device_check.py on the CPU: a tiny bundle is prepared and run end to end (the GPU
+run happens on a device machine; here the code path, the checks and the outputs are proved)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def device_check():
+    spec = importlib.util.spec_from_file_location("device_check", REPO / "benchmarks" / "device_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bundle(device_check, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("device") / "bundle"
+    assert device_check.main(["prepare", str(folder), "--presets", "tiny", "--samples", "2"]) == 0
+    return folder
+
+
+def test_prepare_writes_a_small_verified_bundle(device_check, bundle: Path) -> None:
+    info = json.loads((bundle / "bundle.json").read_text())
+    assert info["format"] == device_check.BUNDLE_FORMAT and list(info["presets"]) == ["tiny"]
+    assert device_check.folder_bytes(bundle) < device_check.MAX_BUNDLE_BYTES
+    entry = info["presets"]["tiny"]
+    assert entry["weights"]["kind"] == "checkpoint" and entry["weights"]["path"] == device_check.DEFAULT_CHECKPOINT
+    assert entry["config"]["text_source"] == "learnable_query"  # no text backbone needed on the device
+    with np.load(bundle / entry["data"]) as data:
+        assert data["pixels"].dtype == np.uint8 and data["pixels"].shape == (2, 256, 256, 3)
+        assert data["text_embedding"].shape == (2, 1, entry["config"]["embed_dim"])
+        assert data["reference_logits"].shape == (2, 1, 256, 256)
+    assert (bundle / device_check.SITE_DIR / "segment_anything" / "__init__.py").is_file()
+    assert "bundle.json" not in info["files"] and f"{device_check.SITE_DIR}/segment_anything/__init__.py" in info["files"]
+
+
+def test_run_on_the_cpu_measures_and_reports(device_check, bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = device_check.main(["run", str(bundle), str(out), "--device", "cpu", "--iters", "1", "--warmup", "0",
+                              "--presets", "tiny", "--variants", "fp32,bf16,compile-fp32", "--no-compile",
+                              "--batches", "1"])
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0 and results["passed"] is True and results["incomplete"] is None
+    tiny = results["presets"]["tiny"]
+    assert tiny["checks"]["ok"] and tiny["checks"]["inputs_ok"]  # weights and inputs rebuilt bitwise
+    fp32 = tiny["variants"]["fp32"]
+    assert fp32["status"] == "measured" and fp32["passed"]
+    assert fp32["parity"]["dice_worst"] > 0.9999 and fp32["parity"]["max_abs_diff"] < 1e-4  # same machine, same math
+    assert fp32["latency"]["1"]["timer"].startswith("host")
+    assert tiny["variants"]["bf16"]["autocast"] == "bf16"
+    assert tiny["variants"]["compile-fp32"] == {"status": "skipped", "reason": "--no-compile"}
+    report = (out / "report.md").read_text()
+    assert "| fp32 |" in report and "TensorRT" in report and "text graph on the GPU" in report
+    assert any("CPU smoke run" in line for line in results["not_checked"])
+
+
+def test_changed_bundle_and_missing_gpu_are_refused(device_check, bundle: Path, tmp_path: Path, capsys,
+                                                    monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_check.main(["run", str(bundle), str(tmp_path / "a")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    changed = tmp_path / "changed"
+    import shutil
+
+    shutil.copytree(bundle, changed)
+    (changed / "tiny.npz").write_bytes((changed / "tiny.npz").read_bytes()[:-10])
+    assert device_check.main(["run", str(changed), str(tmp_path / "b"), "--device", "cpu"]) == 2
+    assert "changed since prepare" in capsys.readouterr().err
+
+
+def test_prepare_refuses_a_bundle_over_the_limit(device_check, tmp_path: Path, monkeypatch, capsys) -> None:
+    def big_preset(preset, samples, seed, folder, log):
+        (folder / f"{preset}.npz").write_bytes(b"0" * 4096)
+        return {}
+
+    monkeypatch.setattr(device_check, "prepare_preset", big_preset)
+    monkeypatch.setattr(device_check, "MAX_BUNDLE_BYTES", 4000)
+    target = tmp_path / "big"
+    assert device_check.main(["prepare", str(target), "--presets", "tiny", "--samples", "1"]) == 2
+    assert "over the" in capsys.readouterr().err
+    assert not target.exists() and not list(tmp_path.glob(".big.*"))  # nothing half-written left behind
