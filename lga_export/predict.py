@@ -70,7 +70,7 @@ def output_names(path: Path) -> tuple[str, str]:
 def predict_files(model_ref: Path | None, *, image: Path | None = None, text: str | None = None,
                   images: Path | None = None, text_file: Path | None = None, out: Path = Path("runs/predict"),
                   threshold: float = 0.0, force: bool = False, batch_size: int = 4, backend: str | None = None,
-                  precision: str = "fp32", device: str = "cpu", progress: bool = False) -> list[Path]:
+                  precision: str = "fp32", device: str | None = None, progress: bool = False) -> list[Path]:
     """Segment every (image, report) pair; returns the files written (mask, overlay per image)."""
     from tqdm import tqdm
 

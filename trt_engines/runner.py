@@ -246,6 +246,10 @@ class TensorRTRunner(Runner):
                            f"lga-export?); {REBUILD}")
         return TextTokenizer.from_folder(folder)
 
+    def timing_stream(self) -> Any:
+        """The runner's own CUDA stream, for CUDA-event timings of the engines."""
+        return self._stream
+
     def synchronize(self) -> None:
         """Wait for the work queued on this runner's stream (latency timers call it)."""
         if self._stream is not None:

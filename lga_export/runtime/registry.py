@@ -19,6 +19,7 @@ RUNNERS: dict[str, str] = {
     "torch": "lga_export.runtime.torch_runner:TorchRunner",
     "torch-compile": "lga_export.runtime.torch_runner:CompiledTorchRunner",
     "ort": "lga_export.runtime.ort_runner:OnnxRuntimeRunner",
+    "ov": "lga_export.runtime.openvino_runner:OpenVinoRunner",
     "trt": "lga_export.trt_engines.runner:TensorRTRunner",
 }
 
@@ -47,7 +48,7 @@ def default_backend(source: Any) -> str:
     return "torch"
 
 
-def open_runner(backend: str | None, source: Any = None, precision: str = "fp32", device: str = "cpu", *,
+def open_runner(backend: str | None, source: Any = None, precision: str = "fp32", device: str | None = None, *,
                 model_digest: str | None = None, activate: bool = True, **options: Any) -> Runner:
     """An (activated) runner of `backend` over `source`: a model, a checkpoint path, an export
     folder (or ExportArtifact), an engine folder, or None for the embedded default model.
@@ -55,6 +56,7 @@ def open_runner(backend: str | None, source: Any = None, precision: str = "fp32"
     `model_digest`: refuse an artefact of another model (the caller holds the model).
     """
     backend = backend or default_backend(source)
+    device = device or ("cuda" if backend == "trt" else "cpu")
     runner = runner_class(backend).from_source(source, precision=precision, device=device,
                                                model_digest=model_digest, **options)
     return runner.activate() if activate else runner
