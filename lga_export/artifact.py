@@ -74,7 +74,8 @@ def check_model(recorded: object, expected: str | None, where: Path, fix: str) -
                        f"{expected[:12]}); {fix}")
 
 
-def _config(manifest: dict[str, Any], path: Path, fix: str) -> LGAConfig:
+def manifest_config(manifest: dict[str, Any], path: Path, fix: str) -> LGAConfig:
+    """The model config a manifest records, or a one-line error naming the manifest and the fix."""
     raw = manifest.get("config")
     if not isinstance(raw, dict):
         raise LGAError(f"{path} has no model config; {fix}")
@@ -125,7 +126,7 @@ def open_export(folder: str | Path, model_digest: str | None = None) -> ExportAr
     manifest = read_json(path, "an export folder", REEXPORT)
     if manifest.get("format") != EXPORT_FORMAT:
         raise LGAError(f"{path}: format {manifest.get('format')!r}, this lga-export reads {EXPORT_FORMAT}; {REEXPORT}")
-    config = _config(manifest, path, REEXPORT)
+    config = manifest_config(manifest, path, REEXPORT)
     verify_files(folder, manifest.get("files"), path, REEXPORT)
     graphs = manifest.get("graphs")
     if not isinstance(graphs, dict) or not graphs:

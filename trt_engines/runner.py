@@ -12,13 +12,12 @@ refused with a one-line error before TensorRT sees them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lga_export.artifact import REBUILD, TOKENIZER_DIR, EngineArtifact
+from lga_export.artifact import REBUILD, TOKENIZER_DIR, EngineArtifact, manifest_config
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.export.specs import GRAPHS
@@ -38,16 +37,6 @@ def _torch_dtype(trt: Any, dtype: Any) -> Any:
     if dtype not in table:
         raise LGAError(f"engine tensor type {dtype} is not supported by the TensorRT runner")
     return table[dtype]
-
-
-def _config_of(manifest: dict[str, Any], where: Path) -> LGAConfig:
-    raw = manifest.get("config")
-    if not isinstance(raw, dict):
-        raise LGAError(f"{where} has no model config; {REBUILD}")
-    try:
-        return LGAConfig.from_json(json.dumps(raw))
-    except TypeError as exc:
-        raise LGAError(f"{where}: the model config is incomplete or mistyped ({exc}); {REBUILD}") from None
 
 
 class _Engine:
@@ -194,7 +183,7 @@ class TensorRTRunner(Runner):
         if len(digests) != 1:
             raise LGAError(f"{folder}: its {precision} engines belong to different models; {REBUILD}")
         first = next(iter(artifacts.values()))
-        config = _config_of(first.manifest, folder)
+        config = manifest_config(first.manifest, folder, REBUILD)
         return cls(config, folder, artifacts, precision, device=device, onnx_dir=onnx_dir)
 
     @property
