@@ -82,6 +82,7 @@ def demo(
 from lga_export.cli.export import register as _register_export; _register_export(app)  # noqa: E402,E702
 from lga_export.cli.train import register as _register_train; _register_train(app)  # noqa: E402
 from lga_export.cli.trt import register as _register_trt; _register_trt(app)  # noqa: E402
+from lga_export.cli.serve import register as _register_serve; _register_serve(app)  # noqa: E402
 
 
 if __name__ == "__main__":

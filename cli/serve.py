@@ -1,0 +1,72 @@
+"""`lga-export serve`: the segmenter over HTTP on Ray Serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lga_export.cli.common import quiet_libraries, user_errors
+
+
+@user_errors
+def serve(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Export folder (ONNX Runtime), engine folder "
+                                         "(TensorRT) or LGA checkpoint (PyTorch); default: the embedded model."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort or trt "
+                                          "(default: the one that fits --model)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and the "
+                                  "export offer."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda with "
+                                         "--gpus-per-replica or an engine folder, else cpu)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    replicas: int = typer.Option(1, "--replicas", help="Number of replicas (each holds one runner)."),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="Autoscaling lower bound "
+                                               "(with --max-replicas; replaces --replicas)."),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="Autoscaling upper bound."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Dynamic batching: most requests per batch (1: off)."),
+    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", help="Dynamic batching: longest wait for a "
+                                        "batch to fill, in milliseconds."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (auto, HOST:PORT or "
+                                          "ray://HOST:PORT); default: start a local Ray instance."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray instance "
+                                           "(default: all); ignored with --address."),
+    cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", help="CPUs reserved per replica (ONNX "
+                                           "Runtime also uses this many threads)."),
+    gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="GPUs per replica for CUDA backends "
+                                           "(fractions share a GPU)."),
+    max_request_mb: float = typer.Option(20.0, "--max-request-mb", help="Largest request body accepted (413 above)."),
+    max_megapixels: float = typer.Option(25.0, "--max-megapixels", help="Largest image accepted, in megapixels "
+                                         "(checked from the header, before decoding)."),
+    threshold: float = typer.Option(0.0, "--threshold", help="Logit threshold of the mask (as predict)."),
+) -> None:
+    """Serve segmentation over HTTP (Ray Serve): POST /v1/segment, GET /v1/health, GET /v1/model.
+
+    POST /v1/segment takes a multipart form with `image` (PNG, JPEG, TIFF or DICOM file) and `text`
+    (the report) and answers JSON with the mask as a base64 PNG (or the PNG with Accept: image/png);
+    masks equal `lga-export predict`'s on the same model and backend. Ctrl-C or SIGTERM stops it.
+    """
+    quiet_libraries()
+    from lga_export.errors import LGAError
+    from lga_export.serve import RAY_MISSING, ray_available
+
+    if not ray_available():
+        raise LGAError(RAY_MISSING)
+    from lga_export.serve.app import Scaling, ServeSettings, serve_forever
+
+    if not 0 < port < 65536:
+        raise LGAError(f"--port {port} is not a TCP port")
+    threads = max(1, int(cpus_per_replica))  # ONNX Runtime on CPU: the replica's share of cores
+    settings = ServeSettings(model=str(model) if model is not None else None, backend=backend, precision=precision,
+                             device=device, threshold=threshold, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                             max_request_mb=max_request_mb, max_megapixels=max_megapixels, threads=threads)
+    scaling = Scaling(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                      cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica)
+    serve_forever(settings, scaling, host=host, port=port, address=address, num_cpus=num_cpus,
+                  log=lambda line: typer.echo(line, err=False))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
