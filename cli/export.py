@@ -67,6 +67,11 @@ def predict(
     out: Path = typer.Option(Path("runs/predict"), "--out", "-o", help="Folder for masks and overlays."),
     threshold: float = typer.Option(0.0, "--threshold", help="Logit threshold of the mask."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing mask files."),
+    use_ray: bool = typer.Option(False, "--ray", help="Run on Ray Data: a pool of runner actors, same files "
+                                 "and masks (needs the serve extra)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --ray: join this Ray cluster (auto, "
+                                          "HOST:PORT); default: a local Ray instance."),
+    workers: int = typer.Option(2, "--workers", help="With --ray: number of runner actors."),
 ) -> None:
     """Segment images with their reports: writes <name>_mask.png and <name>_overlay.png.
 
@@ -76,9 +81,20 @@ def predict(
     quiet_libraries()
     from lga_export.predict import predict_files
 
-    written = predict_files(model, image=image, text=text, images=images, text_file=text_file, out=out,
-                            threshold=threshold, force=force, backend=backend, precision=precision, device=device,
-                            progress=True)
+    if use_ray:
+        from lga_export.serve.batch import predict_files_ray
+
+        written = predict_files_ray(model, image=image, text=text, images=images, text_file=text_file, out=out,
+                                    threshold=threshold, force=force, backend=backend, precision=precision,
+                                    device=device, progress=True, workers=workers, address=address)
+    elif address is not None:
+        from lga_export.errors import LGAError
+
+        raise LGAError("--address joins a Ray cluster for --ray; add --ray or drop --address")
+    else:
+        written = predict_files(model, image=image, text=text, images=images, text_file=text_file, out=out,
+                                threshold=threshold, force=force, backend=backend, precision=precision,
+                                device=device, progress=True)
     for path in written:
         typer.echo(f"wrote {path}")
 
