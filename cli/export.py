@@ -19,8 +19,12 @@ def onnx(
     text_model: Optional[str] = TextModelOption,
     out: Path = typer.Option(Path("runs/onnx"), "--out", "-o", help="Export folder (created atomically)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write the FP16 graph pair (*.fp16.onnx) for TensorRT."),
-    int8: bool = typer.Option(False, "--int8", help="Also write an INT8 image graph (lga_image.int8.onnx, ONNX "
-                              "Runtime dynamic quantisation; CPU) paired with the FP32 text graph."),
+    int8: Optional[str] = typer.Option(None, "--int8", metavar="dynamic|static", help="Also write an INT8 image "
+                                       "graph (lga_image.int8.onnx, for ONNX Runtime on the CPU) paired with the FP32 "
+                                       "text graph: 'dynamic' quantisation (recommended: as fast, more accurate) or "
+                                       "'static' QDQ calibrated on QaTa training images (--data)."),
+    calibration_samples: int = typer.Option(64, "--calibration-samples", help="Training images that calibrate "
+                                            "--int8 static (QaTa Train under --data, else built-in samples)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (the dynamo exporter needs >= 18)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check both graphs against PyTorch."),
     batch: int = typer.Option(3, "--validation-batch", help="Batch size of the validation run (not the traced one)."),
@@ -31,7 +35,7 @@ def onnx(
     """Export the text graph and the fused image graph to ONNX, then validate them.
 
     Writes text_encoder.onnx, lga_image.onnx (and *.fp16.onnx with --fp16, lga_image.int8.onnx with
-    --int8), the tokenizer and manifest.json (sha256 of every file and the model's digest). A failed
+    --int8 dynamic|static), the tokenizer and manifest.json (sha256 of every file and the model's digest). A failed
     validation writes nothing and exits with code 3.
     """
     quiet_libraries()
@@ -42,9 +46,13 @@ def onnx(
     from lga_export.export.onnx_export import check_opset
 
     check_opset(opset)
+    from lga_export.export.quantize import int8_method
+
+    int8 = int8_method(int8, calibration_samples)
     model = load_model(preset, checkpoint, sam_checkpoint, ablation_overrides(text_model))
-    manifest = export_onnx(model, out, fp16=fp16, int8=int8, opset=opset, force=force, validate=validate,
-                           validation_batch=batch, data_root=data, log=typer.echo)
+    manifest = export_onnx(model, out, fp16=fp16, int8=int8 or False, opset=opset, force=force, validate=validate,
+                           validation_batch=batch, data_root=data, calibration_samples=calibration_samples,
+                           log=typer.echo)
     if manifest["validation"]:
         typer.echo(render_validation(manifest["validation"]))
     typer.echo(f"wrote {out}")
@@ -58,7 +66,8 @@ def predict(
                                           "(default: the one that fits --model)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and "
                                   "the export offer."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda for an engine "
+                                         "folder, else cpu)."),
     image: Optional[Path] = typer.Option(None, "--image", help="One image file."),
     text: Optional[str] = typer.Option(None, "--text", help="The report for --image."),
     images: Optional[Path] = typer.Option(None, "--images", help="A folder of images (with --text-file)."),

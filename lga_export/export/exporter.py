@@ -15,7 +15,7 @@ from lga_export.artifact import EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, file_dig
 from lga_export.checkpoint import model_digest
 from lga_export.errors import LGAError, ValidationFailed
 from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, check_opset, convert_to_fp16, export_graph
-from lga_export.export.quantize import quantize_dynamic_int8
+from lga_export.export.quantize import CALIBRATION_SAMPLES, int8_method, quantize_int8
 from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, dummy_inputs, graph_specs
 from lga_export.export.validate import failure_lines, validate_export
 from lga_export.export.wrappers import graph_modules
@@ -36,10 +36,15 @@ def _entry(files: list[Path]) -> dict[str, Any]:
             "bytes": sum(p.stat().st_size for p in files)}
 
 
-def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool = False,
+def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | str = False,
                 opset: int = DEFAULT_OPSET, force: bool = False, validate: bool = True, validation_batch: int = 3,
-                data_root: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write the export folder atomically; raise ValidationFailed (nothing written) on a failed check."""
+                data_root: Path | None = None, calibration_samples: int = CALIBRATION_SAMPLES,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the export folder atomically; raise ValidationFailed (nothing written) on a failed check.
+
+    `int8`: False, True (the default method), 'dynamic' or 'static' (calibrated on
+    `calibration_samples` training images of `data_root`; see export/quantize.py)."""
+    int8_kind = int8_method(int8, calibration_samples)
     check_opset(opset)
     check_data_root(data_root)
     if validation_batch < 1:
@@ -64,14 +69,15 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool = 
             for precision in files:
                 check_graph(files[precision][spec.name][0], spec)
             log(f"  {spec.name}: {time.perf_counter() - start:.1f} s, checker passed")
+        tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         quantization = None
-        if int8:
-            log("quantising the image graph to INT8 (ONNX Runtime dynamic quantisation) ...")
+        if int8_kind:
             image_spec = graph_specs(config)[1]
             target = tmp / image_spec.filename("int8")
-            quantization = quantize_dynamic_int8(files["fp32"][IMAGE_GRAPH][0], target)
+            quantization = quantize_int8(int8_kind, files["fp32"][IMAGE_GRAPH][0], target, config=config,
+                                         text_graph=files["fp32"][TEXT_GRAPH][0], tokenizer_dir=tmp / TOKENIZER_DIR,
+                                         data_root=data_root, count=calibration_samples, log=log)
             files["int8"] = {TEXT_GRAPH: files["fp32"][TEXT_GRAPH], IMAGE_GRAPH: [target]}
-        tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         validation = None
         if validate:
             log(f"validating against PyTorch at batch {validation_batch} ...")

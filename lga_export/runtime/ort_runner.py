@@ -3,10 +3,20 @@
 onnxruntime-gpu silently falls back to the CPU when CUDA or TensorRT libraries are missing,
 so the runner reports the providers each session really uses, and refuses a requested
 provider that is not in use. Imports neither torch nor transformers.
+
+Session options are chosen for latency on the CPU (issue #12, measured on a 2-core machine):
+intra-op threads do not spin (`session.intra_op.allow_spinning` = 0: a spinning pool competes
+with the Python work between runs - the pre/post-processing and the other graph - and makes end
+to end slower than the sum of the graphs), graph optimisation level ORT_ENABLE_ALL, and an
+optimised-model cache outside the export folder (see `OPTIMIZED_CACHE`). `describe()` records
+all of them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +31,65 @@ def onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise LGAError("onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu)") from exc
+        raise LGAError('ONNX Runtime is not installed; pip install "lga-export[cpu]" (or "lga-export[gpu]" on a '
+                       'CUDA machine, never both)') from exc
     return ort
+
+
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+DEFAULT_OPTIMIZATION = "all"
+SPINNING = False
+# Reuse ONNX Runtime's optimised graph across runs: only for the CPU provider, where it was
+# measured to cut session start-up (see `optimized_model_path`).
+OPTIMIZED_CACHE = True
+
+
+def cache_root(kind: str) -> Path:
+    """Per-user cache folder for compiled / optimised models, never inside an export folder:
+    $LGA_EXPORT_CACHE/<kind>, else $XDG_CACHE_HOME/lga-export/<kind>, else ~/.cache/lga-export/<kind>."""
+    base = os.environ.get("LGA_EXPORT_CACHE")
+    if base:
+        return Path(base).expanduser() / kind
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lga-export" / kind
+
+
+def ensure_cache_dir(folder: Path) -> Path | None:
+    """`folder` created private to the user (0700), or None when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder if os.access(folder, os.W_OK) else None
+    except OSError:
+        return None
+
+
+def cpu_identity() -> tuple[str, list[str]]:
+    """(CPU model name, its x86 SIMD flags: avx*, amx*, fma, f16c) from /proc/cpuinfo, or the
+    platform's name and no flags where that file does not exist."""
+    import platform
+
+    found: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "flags"):
+                    found.setdefault(key.strip(), value.strip())
+                if len(found) == 2:
+                    break
+    except OSError:
+        pass
+    flags = sorted(f for f in found.get("flags", "").split() if f.startswith(("avx", "amx", "fma", "f16c")))
+    return found.get("model name") or platform.processor() or platform.machine(), flags
+
+
+def graph_digest(artifact, graph: str, precision: str) -> str:
+    """One sha256 over a graph's file and its external-data files, from the verified manifest:
+    the key of caches derived from the graph (a re-export with other weights changes it)."""
+    entry = artifact.graph_entry(graph, precision)
+    files = artifact.manifest["files"]
+    names = [entry["file"], *entry.get("external_data", [])]
+    return hashlib.sha256("|".join(f"{n}:{files[n]}" for n in names).encode()).hexdigest()
 
 
 def default_providers(device: str) -> list[str]:
@@ -37,14 +104,28 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, config: LGAConfig, graphs: dict[str, Path], precision: str = "fp32", *,
                  providers: list[str] | None = None, threads: int | None = None, low_memory: bool = False,
-                 tokenizer_dir: Path | None = None) -> None:
+                 tokenizer_dir: Path | None = None, spinning: bool = SPINNING,
+                 optimization: str = DEFAULT_OPTIMIZATION, cache_dir: Path | str | bool | None = None,
+                 graph_digests: dict[str, str] | None = None) -> None:
+        """`spinning`: let idle intra-op threads spin (ORT's default; slower end to end here).
+        `optimization`: graph optimisation level (disabled, basic, extended, all).
+        `cache_dir`: where optimised graphs are cached (None: the per-user default, False: no
+        cache); `graph_digests`: graph name -> sha256 of its file (from the manifest), the cache key."""
         super().__init__(config, precision)
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise LGAError(f"unknown graph optimisation level {optimization!r}; choose one of "
+                           f"{', '.join(OPTIMIZATION_LEVELS)}")
         self.graphs = {name: Path(path) for name, path in graphs.items()}
         self.requested = providers or default_providers("cpu")
         self.threads = threads
         self.low_memory = low_memory  # no CPU arena: memory goes back after each run (validation)
         self.tokenizer_dir = tokenizer_dir
+        self.spinning = spinning
+        self.optimization = optimization
+        self.cache_dir = cache_dir
+        self.graph_digests = dict(graph_digests or {})
         self.sessions: dict[str, Any] = {}
+        self.startup: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
@@ -63,8 +144,9 @@ class OnnxRuntimeRunner(Runner):
             raise LGAError("ONNX Runtime runs an export folder; export the model first with lga-export onnx "
                            "and pass the folder")
         graphs = {name: artifact.graph(name, precision) for name in cls.graph_names(artifact.config)}
+        digests = {name: graph_digest(artifact, name, precision) for name in graphs}
         return cls(artifact.config, graphs, precision, providers=providers or default_providers(device),
-                   tokenizer_dir=artifact.tokenizer_dir, **options)
+                   tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests, **options)
 
     @staticmethod
     def graph_names(config: LGAConfig) -> list[str]:
@@ -79,6 +161,21 @@ class OnnxRuntimeRunner(Runner):
         if missing:
             raise LGAError(f"ONNX Runtime providers {missing} are not available here (available: {available}); "
                            f"install onnxruntime-gpu alone (pip uninstall onnxruntime) for CUDA/TensorRT providers")
+        for name, path in self.graphs.items():
+            start = time.perf_counter()
+            session, cache = self._open_session(ort, name, path)
+            self._check_session(name, path, session)
+            self.sessions[name] = session
+            self.startup[name] = {"ms": round((time.perf_counter() - start) * 1000, 1), "optimized_cache": cache}
+        dropped = [p for p in self.requested if p != "CPUExecutionProvider"
+                   and any(p not in s.get_providers() for s in self.sessions.values())]
+        if dropped:
+            raise LGAError(f"ONNX Runtime was asked for {dropped} but runs without it (providers in use: "
+                           f"{self.providers_in_use()}); check the CUDA libraries, or ask for CPUExecutionProvider")
+
+    def session_options(self, ort, optimized: bool = False):
+        """The SessionOptions every session of this runner gets (`optimized`: the file is an
+        already optimised graph from the cache, so ONNX Runtime need not optimise it again)."""
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
@@ -86,20 +183,78 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3
         if self.low_memory:
             options.enable_cpu_mem_arena = False
-        for name, path in self.graphs.items():
+        spin = "1" if self.spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        level = "disabled" if optimized else self.optimization
+        options.graph_optimization_level = {
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+        return options
+
+    def session_settings(self) -> dict[str, Any]:
+        """The latency-relevant session options, as recorded by describe() and lga-bench."""
+        cached = [self.optimized_model_path(name) for name in self.graphs]
+        return {"intra_op_threads": self.threads, "inter_op_threads": 1 if self.threads else None,
+                "allow_spinning": self.spinning, "graph_optimization_level": self.optimization,
+                "optimized_model_cache": str(cached[0].parent) if cached and cached[0] else None}
+
+    def _open_session(self, ort, name: str, path: Path) -> tuple[Any, str | None]:
+        """(session, what the optimised-model cache did: None, 'hit', 'written' or 'unwritable')."""
+        cached = self.optimized_model_path(name)
+        if cached is not None and cached.is_file():
             try:
-                session = ort.InferenceSession(str(path), options, providers=self.requested)
-            except Exception as exc:  # noqa: BLE001 - ORT raises its own types for unreadable graphs
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise LGAError(f"{path}: ONNX Runtime cannot load it ({first}); re-export with lga-export onnx "
-                               f"--force") from None
-            self._check_session(name, path, session)
-            self.sessions[name] = session
-        dropped = [p for p in self.requested if p != "CPUExecutionProvider"
-                   and any(p not in s.get_providers() for s in self.sessions.values())]
-        if dropped:
-            raise LGAError(f"ONNX Runtime was asked for {dropped} but runs without it (providers in use: "
-                           f"{self.providers_in_use()}); check the CUDA libraries, or ask for CPUExecutionProvider")
+                return ort.InferenceSession(str(cached), self.session_options(ort, optimized=True),
+                                            providers=self.requested), "hit"
+            except Exception:  # noqa: BLE001 - a damaged cache file is dropped and rebuilt from the graph
+                cached.unlink(missing_ok=True)
+        options = self.session_options(ort)
+        written = None
+        if cached is not None:
+            written = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp")
+            options.optimized_model_filepath = str(written)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=self.requested)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for unreadable graphs
+            if written is not None:  # e.g. an optimised graph over 2 GB cannot be saved: go on without the cache
+                written.unlink(missing_ok=True)
+                try:
+                    return ort.InferenceSession(str(path), self.session_options(ort), providers=self.requested), \
+                        "unwritable"
+                except Exception as again:  # noqa: BLE001
+                    exc = again
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise LGAError(f"{path}: ONNX Runtime cannot load it ({first}); re-export with lga-export onnx "
+                           f"--force") from None
+        if written is None:
+            return session, None
+        try:
+            os.replace(written, cached)  # atomic: a concurrent reader sees the old file or the new one
+            return session, "written"
+        except OSError:
+            written.unlink(missing_ok=True)
+            return session, "unwritable"
+
+    def optimized_model_path(self, graph: str) -> Path | None:
+        """The cache file of `graph`'s optimised model, or None when there is no cache for it.
+
+        Keyed by the graph file's sha256 (from the verified manifest), the ONNX Runtime version,
+        the optimisation level, the providers and the CPU (the ALL level writes CPU-specific
+        layouts), so a changed graph, library or machine never meets a stale file. Only CPU
+        sessions are cached: GPU providers' optimised graphs are not portable files."""
+        if not OPTIMIZED_CACHE or self.cache_dir is False or self.low_memory:
+            return None
+        digest = self.graph_digests.get(graph)
+        if digest is None or self.optimization == "disabled" or self.requested != ["CPUExecutionProvider"]:
+            return None
+        folder = ensure_cache_dir(Path(self.cache_dir) if self.cache_dir else cache_root("onnxruntime"))
+        if folder is None:
+            return None
+        model, flags = cpu_identity()
+        key = "|".join([digest, onnxruntime().__version__, self.optimization, ",".join(self.requested),
+                        model, ",".join(flags)])
+        return folder / f"{graph}.{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
 
     def _check_session(self, graph: str, path: Path, session: Any) -> None:
         """The graph's I/O must be the spec's (names and static sizes): catches files of another model."""
@@ -134,5 +289,6 @@ class OnnxRuntimeRunner(Runner):
         info = super().describe()
         info.update(onnxruntime=onnxruntime().__version__, requested_providers=self.requested,
                     providers_in_use=self.providers_in_use(), threads=self.threads,
-                    graphs={name: path.name for name, path in self.graphs.items()})
+                    graphs={name: path.name for name, path in self.graphs.items()},
+                    session_options=self.session_settings(), startup=self.startup)
         return info

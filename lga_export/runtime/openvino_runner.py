@@ -1,0 +1,249 @@
+"""OpenVINO backend (`ov`) over an export folder: reads the exported FP32 ONNX graphs directly.
+
+Precisions: fp32, and bf16 through OpenVINO's `INFERENCE_PRECISION_HINT` (the graphs stay
+FP32 on disk; the CPU plugin runs MatMuls, convolutions and most element-wise work in BF16
+where the CPU has native BF16 - avx512_bf16 or amx_bf16). On a CPU without it the runner runs
+FP32 and says so: `describe()` reports what was asked, what the compiled model really uses
+(its `INFERENCE_PRECISION_HINT`, execution devices, the runtime precision of its compute
+layers) and why it differs. Latency settings: `PERFORMANCE_HINT` LATENCY and
+`INFERENCE_NUM_THREADS` from the caller. Compiled models are cached in a per-user folder
+(never inside the export folder), keyed by the graph files' sha256. Imports neither torch nor
+transformers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lga_export.config import LGAConfig
+from lga_export.errors import LGAError
+from lga_export.runtime.base import Runner
+from lga_export.runtime.ort_runner import cache_root, cpu_identity, ensure_cache_dir, graph_digest
+
+# Precision name -> OpenVINO's INFERENCE_PRECISION_HINT value.
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "Deconvolution", "GroupConvolution")
+
+
+def openvino():
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise LGAError("OpenVINO is not installed; pip install openvino") from exc
+    return ov
+
+
+def cpu_bf16_support(core: Any = None) -> dict[str, Any]:
+    """Whether this CPU computes BF16 natively: its flags, and OpenVINO's own capability list."""
+    _, flags = cpu_identity()
+    native = [f for f in BF16_FLAGS if f in flags]
+    capabilities: list[str] = []
+    if core is not None:
+        try:
+            capabilities = [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+        except Exception:  # noqa: BLE001 - an older plugin without the property: trust the flags
+            capabilities = []
+    supported = bool(native) and (not capabilities or "BF16" in capabilities)
+    return {"supported": supported, "cpu_flags": native, "openvino_capabilities": capabilities}
+
+
+def _text(value: Any) -> Any:
+    """An OpenVINO property value as plain JSON (types and enums as their names)."""
+    if isinstance(value, (list, tuple)):
+        return [_text(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if hasattr(value, "get_type_name"):  # ov.Type: 'f32', 'bf16', ...
+        return value.get_type_name()
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) and name else str(value)
+
+
+class OpenVinoRunner(Runner):
+    """`graphs`: graph name -> FP32 ONNX file of a verified export folder."""
+
+    backend = "ov"
+    precisions = ("fp32", "bf16")
+
+    def __init__(self, config: LGAConfig, graphs: dict[str, Path], precision: str = "fp32", *,
+                 threads: int | None = None, device: str = "CPU", tokenizer_dir: Path | None = None,
+                 cache_dir: Path | str | bool | None = None, graph_digests: dict[str, str] | None = None,
+                 performance_hint: str = "LATENCY") -> None:
+        """`cache_dir`: compiled-model cache (None: the per-user default, False: none);
+        `graph_digests`: graph name -> sha256 of its files (the cache key; no cache without it)."""
+        super().__init__(config, precision)
+        self.graphs = {name: Path(path) for name, path in graphs.items()}
+        self.threads = threads
+        self.device = device.upper()
+        self.tokenizer_dir = tokenizer_dir
+        self.cache_dir = cache_dir
+        self.graph_digests = dict(graph_digests or {})
+        self.performance_hint = performance_hint
+        self.compiled: dict[str, Any] = {}
+        self.requests: dict[str, Any] = {}
+        self.outputs: dict[str, list[str]] = {}
+        self.used: dict[str, dict[str, Any]] = {}
+        self.startup: dict[str, dict[str, Any]] = {}
+        self.cache_folders: dict[str, Path | None] = {}
+        self.bf16: dict[str, Any] | None = None
+        self.fallback: str | None = None
+
+    @classmethod
+    def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
+                    model_digest: str | None = None, **options: Any) -> "OpenVinoRunner":
+        """An export folder (path or ExportArtifact), verified before anything is loaded. OpenVINO
+        reads the FP32 graphs at every precision (BF16 is an inference hint)."""
+        from lga_export.artifact import ExportArtifact, open_export
+
+        if isinstance(source, ExportArtifact):
+            artifact = source
+            if model_digest is not None:
+                open_export(source.folder, model_digest)
+        elif isinstance(source, (str, Path)) and Path(source).is_dir():
+            artifact = open_export(source, model_digest)
+        else:
+            raise LGAError("OpenVINO runs an export folder; export the model first with lga-export onnx "
+                           "and pass the folder")
+        if not device.lower().startswith("cpu"):
+            raise LGAError(f"the OpenVINO backend runs on the CPU here, not {device}; use --device cpu")
+        from lga_export.export.specs import specs_by_name
+
+        names = list(specs_by_name(artifact.config))
+        graphs = {name: artifact.graph(name, "fp32") for name in names}
+        digests = {name: graph_digest(artifact, name, "fp32") for name in names}
+        return cls(artifact.config, graphs, precision, tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests,
+                   **options)
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def compile_config(self) -> dict[str, Any]:
+        """The properties every graph is compiled with (after the BF16 check)."""
+        hint = HINTS[self.precision] if self.fallback is None else HINTS["fp32"]
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": self.performance_hint}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return config
+
+    def cache_folder(self, graph: str) -> Path | None:
+        """Per graph content (sha256 of its files) and OpenVINO version, so a re-export into the
+        same folder never meets a compiled model of the old weights."""
+        digest = self.graph_digests.get(graph)
+        if self.cache_dir is False or digest is None:
+            return None
+        root = Path(self.cache_dir) if self.cache_dir else cache_root("openvino")
+        return ensure_cache_dir(root / f"{graph}-{digest[:24]}")
+
+    def activate_impl(self) -> None:
+        ov = openvino()
+        core = ov.Core()
+        if self.device not in core.available_devices:
+            raise LGAError(f"OpenVINO has no {self.device} device here (available: {core.available_devices})")
+        self.bf16 = cpu_bf16_support(core)
+        if self.precision == "bf16":
+            if not self.bf16["supported"]:
+                self.fallback = ("this CPU has no native BF16 (no avx512_bf16 or amx_bf16 flag), so OpenVINO runs "
+                                 "FP32 instead")
+        for name, path in self.graphs.items():
+            start = time.perf_counter()
+            config = self.compile_config()
+            folder = self.cache_folders[name] = self.cache_folder(name)
+            cached = folder is not None and any(folder.iterdir())
+            if folder is not None:
+                config["CACHE_DIR"] = str(folder)
+            try:
+                compiled = core.compile_model(str(path), self.device, config)
+            except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long C++ traces
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise LGAError(f"{path}: OpenVINO cannot compile it ({first}); re-export with lga-export onnx "
+                               f"--force") from None
+            self._check_model(name, path, compiled)
+            self.compiled[name] = compiled
+            self.requests[name] = compiled.create_infer_request()
+            self.outputs[name] = [port.get_any_name() for port in compiled.outputs]
+            self.used[name] = self._what_runs(compiled)
+            self.startup[name] = {"ms": round((time.perf_counter() - start) * 1000, 1),
+                                  "compiled_cache": None if folder is None else ("hit" if cached else "written")}
+        if self.precision == "bf16" and self.fallback is None:
+            used = {info["inference_precision"] for info in self.used.values()}
+            if used != {"bf16"}:
+                self.fallback = f"OpenVINO compiled the graphs with inference precision {sorted(used)}, not bf16"
+
+    def _check_model(self, graph: str, path: Path, compiled: Any) -> None:
+        """The graph's I/O must be the spec's (names and static sizes), as for ONNX Runtime."""
+        spec = self.specs[graph]
+        found = {}
+        for port in list(compiled.inputs) + list(compiled.outputs):
+            shape = port.get_partial_shape()
+            dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else None
+            for tensor_name in port.get_names():
+                found[tensor_name] = dims
+        for tensor in spec.inputs + spec.outputs:
+            dims = found.get(tensor.name)
+            if dims is None or len(dims) != len(tensor.shape) or any(
+                    isinstance(want, int) and got is not None and got != want for got, want in zip(dims, tensor.shape)):
+                raise LGAError(f"{path}: {tensor.name} is {dims}, the {self.config.preset} config needs "
+                               f"{tensor.shape}; the graph belongs to another model - re-export with --force")
+
+    @staticmethod
+    def _what_runs(compiled: Any) -> dict[str, Any]:
+        """What the compiled model really uses: read back from it, not from what was asked."""
+        info: dict[str, Any] = {}
+        for key in ("INFERENCE_PRECISION_HINT", "EXECUTION_DEVICES", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS",
+                    "NUM_STREAMS", "ENABLE_CPU_PINNING"):
+            try:
+                info[key.lower()] = _text(compiled.get_property(key))
+            except Exception:  # noqa: BLE001 - not every plugin version has every property
+                info[key.lower()] = None
+        precision = str(info.get("inference_precision_hint") or "")
+        info["inference_precision"] = {"bfloat16": "bf16", "bf16": "bf16", "float32": "fp32", "f32": "fp32",
+                                       "float16": "fp16", "f16": "fp16"}.get(precision.lower(), precision)
+        counts: Counter = Counter()
+        try:
+            for op in compiled.get_runtime_model().get_ordered_ops():
+                rt = op.get_rt_info()
+                layer = rt["layerType"].astype(str) if "layerType" in rt else ""
+                if layer in COMPUTE_LAYERS:
+                    counts[rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"] += 1
+        except Exception:  # noqa: BLE001 - the runtime model is diagnostics only
+            pass
+        info["compute_layers_by_precision"] = dict(counts)
+        return info
+
+    def deactivate_impl(self) -> None:
+        self.requests.clear()
+        self.compiled.clear()
+
+    # -- running ----------------------------------------------------------------------------
+
+    def tokenizer(self):
+        from lga_export.tokenization import TextTokenizer
+
+        if self.tokenizer_dir is None:
+            raise LGAError("this OpenVINO runner was opened without a tokenizer folder")
+        return TextTokenizer.from_folder(self.tokenizer_dir)
+
+    def infer_impl(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = self.requests[graph]
+        request.infer(feeds)
+        return {name: np.array(request.get_output_tensor(i).data, copy=True)
+                for i, name in enumerate(self.outputs[graph])}
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        ov = openvino()
+        used = sorted({v["inference_precision"] for v in self.used.values()})
+        info.update(openvino=ov.get_version().split("-")[0], device=self.device, threads=self.threads,
+                    requested={"inference_precision_hint": HINTS[self.precision],
+                               "performance_hint": self.performance_hint, "inference_num_threads": self.threads},
+                    inference_precision=used[0] if len(used) == 1 else used, fallback=self.fallback,
+                    cpu_bf16=self.bf16 if self.bf16 is not None else cpu_bf16_support(),
+                    compiled=self.used, graphs={name: path.name for name, path in self.graphs.items()},
+                    compiled_model_cache=next((str(f.parent) for f in self.cache_folders.values() if f), None),
+                    startup=self.startup)
+        return info
