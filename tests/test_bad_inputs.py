@@ -255,6 +255,7 @@ def test_unforeseen_error_is_one_line_exit_1_and_debug_shows_it(monkeypatch, wor
         raise ZeroDivisionError("an unforeseen bug")
 
     monkeypatch.setattr(predict_module, "collect_jobs", boom)
+    monkeypatch.setenv("LGA_DEBUG", "0")  # restored (unset) after the test, though --debug sets it
     args = ["predict", "--model", str(world["onnx"]), "--image", str(world["image"]), "--text", "x",
             "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(app, args)
@@ -262,7 +263,6 @@ def test_unforeseen_error_is_one_line_exit_1_and_debug_shows_it(monkeypatch, wor
     assert "Traceback" not in result.stderr and "LGA_DEBUG" in result.stderr
     debug = CliRunner().invoke(app, ["--debug", *args])
     assert isinstance(debug.exception, ZeroDivisionError)
-    monkeypatch.delenv("LGA_DEBUG", raising=False)
 
 
 def test_sigterm_leaves_no_partial_export(tmp_path) -> None:
