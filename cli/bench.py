@@ -32,8 +32,9 @@ def bench(
     text_model: Optional[str] = TextModelOption,
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="Existing export folder (default: export into OUT/onnx)."),
     engines: Optional[Path] = typer.Option(None, "--engines", help="TensorRT engine folder from lga-export trt."),
-    backends: str = typer.Option("torch,torch-compile,ort,trt", "--backends", help="Comma list of torch, "
-                                 "torch-compile, ort, trt. PyTorch FP32 eager always runs as the reference."),
+    backends: str = typer.Option("torch,torch-compile,ort,ov,trt", "--backends", help="Comma list of torch, "
+                                 "torch-compile, ort, ov (OpenVINO, CPU: fp32, bf16), trt. PyTorch FP32 eager always "
+                                 "runs as the reference."),
     precision: str = typer.Option("fp32,fp16,bf16,int8", "--precision", help="Comma list of fp32, fp16, bf16, int8; "
                                   "pairs a backend cannot run are listed as skipped with the reason."),
     batch: str = typer.Option("1,2", "--batch", help="Comma list of batch sizes."),
@@ -42,8 +43,8 @@ def bench(
     samples: int = typer.Option(8, "--samples", help="Validation images used for parity."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed iterations before each measurement."),
     iters: int = typer.Option(10, "--iters", help="Timed iterations per measurement."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime "
-                                          "(default: torch's current setting)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, ONNX Runtime and "
+                                          "OpenVINO (default: torch's current setting)."),
     ort_providers: Optional[str] = typer.Option(None, "--ort-providers", help="Comma list of ONNX Runtime providers "
                                                 "(default: CUDA when present, then CPU)."),
     exclude: Optional[str] = typer.Option(None, "--exclude", help="Comma list of backend-precision pairs not to "

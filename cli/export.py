@@ -62,8 +62,8 @@ def onnx(
 def predict(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Export folder (ONNX Runtime), engine folder "
                                          "(TensorRT) or LGA checkpoint (PyTorch); default: the embedded model."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort or trt "
-                                          "(default: the one that fits --model)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort, ov "
+                                          "(OpenVINO on an export folder) or trt (default: the one that fits --model)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and "
                                   "the export offer."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda for an engine "

@@ -57,6 +57,24 @@ def _tensorrt_problem() -> str | None:
     return None
 
 
+def _openvino_problem(precision: str, device: str) -> str | None:
+    """OpenVINO runs here on the CPU; BF16 only where the CPU computes it natively (elsewhere the
+    runner would fall back to FP32, and a 'bf16' row of FP32 figures would mislead)."""
+    try:
+        import openvino  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install: both mean "not here"
+        return f"OpenVINO is not importable ({type(exc).__name__}: {exc}); pip install openvino"
+    if not device.startswith("cpu"):
+        return f"the OpenVINO backend runs on the CPU, and this run is on {device}"
+    if precision == "bf16":
+        from lga_export.runtime.openvino_runner import cpu_bf16_support
+
+        support = cpu_bf16_support()
+        if not support["supported"]:
+            return ("this CPU has no native BF16 (no avx512_bf16 or amx_bf16 flag): OpenVINO would run FP32")
+    return None
+
+
 def static_skip_reason(case: Case, device: str, export_precisions: list[str] | None,
                        engines_dir: Path | None) -> str | None:
     """Why `case` cannot run here, known before anything is loaded (None: try it)."""
@@ -70,9 +88,11 @@ def static_skip_reason(case: Case, device: str, export_precisions: list[str] | N
         return None
     if case.backend == "ort":
         if export_precisions is not None and case.precision not in export_precisions:
-            flag = {"fp16": " --fp16", "int8": " --int8"}.get(case.precision, "")
+            flag = {"fp16": " --fp16", "int8": " --int8 dynamic"}.get(case.precision, "")
             return f"the export folder has no {case.precision} graphs; re-export with lga-export onnx{flag}"
         return None
+    if case.backend == "ov":
+        return _openvino_problem(case.precision, device)
     if case.backend == "trt":
         if engines_dir is None:
             return "no --engines folder given (build engines with lga-export trt)"

@@ -165,8 +165,11 @@ def _prepare_export(model, settings: BenchSettings, onnx_dir: Path | None, diges
 
     if onnx_dir is not None:
         return open_export(onnx_dir, digest), None
-    wanted = {p for p in settings.precisions if f"ort-{p}" not in settings.exclude}
-    if "ort" not in settings.backends or not wanted & {"fp32", "fp16", "int8"}:
+    wanted = ({p for p in settings.precisions if f"ort-{p}" not in settings.exclude}
+              if "ort" in settings.backends else set())
+    ov_wanted = "ov" in settings.backends and any(f"ov-{p}" not in settings.exclude for p in settings.precisions
+                                                  if p in ("fp32", "bf16"))  # OpenVINO reads the FP32 graphs
+    if not ov_wanted and not wanted & {"fp32", "fp16", "int8"}:
         return None, None
     from lga_export.export.exporter import export_onnx
 
@@ -184,6 +187,8 @@ def _runner_options(case: Case, model, artifact, settings: BenchSettings, onnx_d
         if case.precision == "int8":
             providers = ["CPUExecutionProvider"]  # dynamic-quantisation ops are CPU kernels
         return artifact, {"providers": providers, "threads": settings.threads}
+    if case.backend == "ov":
+        return artifact, {"threads": settings.threads}  # PERFORMANCE_HINT LATENCY is the runner's default
     if case.backend == "trt":
         return settings.engines_dir, {"onnx_dir": onnx_dir}
     return model, {}
@@ -235,7 +240,7 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
             reason = static_skip_reason(case, device, artifact.precisions if artifact else None, settings.engines_dir)
             if case.label in settings.exclude and case != REFERENCE:
                 reason = "excluded with --exclude"
-            if reason is None and case.backend == "ort" and artifact is None:
+            if reason is None and case.backend in ("ort", "ov") and artifact is None:
                 reason = export_problem or "no ONNX export"
             if reason:
                 skipped.append({"backend": case.backend, "precision": case.precision, "reason": reason})
@@ -279,6 +284,9 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
             "peak_rss_mb": peak_rss_mb(),
         }
         _add_gflops(results)
+        from lga_export.bench.report import recommendation
+
+        results["recommendation"] = recommendation(results)
         results["gates"] = check_gates(results, settings.min_dice_agreement, settings.max_latency_ratio,
                                        settings.require_all)
         (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=str))

@@ -153,7 +153,7 @@ class OpenVinoRunner(Runner):
             start = time.perf_counter()
             config = self.compile_config()
             folder = self.cache_folders[name] = self.cache_folder(name)
-            cached = folder is not None and any(folder.iterdir())
+            before = set(folder.iterdir()) if folder is not None else set()
             if folder is not None:
                 config["CACHE_DIR"] = str(folder)
             try:
@@ -168,7 +168,8 @@ class OpenVinoRunner(Runner):
             self.outputs[name] = [port.get_any_name() for port in compiled.outputs]
             self.used[name] = self._what_runs(compiled)
             self.startup[name] = {"ms": round((time.perf_counter() - start) * 1000, 1),
-                                  "compiled_cache": None if folder is None else ("hit" if cached else "written")}
+                                  "compiled_cache": None if folder is None else
+                                  ("written" if set(folder.iterdir()) - before else "hit")}
         if self.precision == "bf16" and self.fallback is None:
             used = {info["inference_precision"] for info in self.used.values()}
             if used != {"bf16"}:

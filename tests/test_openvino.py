@@ -1,0 +1,171 @@
+"""OpenVINO backend (`ov`) and the latency settings of ONNX Runtime sessions, on the embedded model.
+
+One FP32 export of the default model serves every test here; caches go to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lga_export.export.specs import tolerance
+from lga_export.runtime.comparator import compare_outputs, run_samples
+from lga_export.samples import validation_samples
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def export_dir(default_model, tmp_path_factory):
+    from lga_export.export.exporter import export_onnx
+
+    out = tmp_path_factory.mktemp("ov") / "onnx"
+    export_onnx(default_model, out, validate=False, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def samples(data_root):
+    return validation_samples(4, data_root)[0]
+
+
+@pytest.fixture(scope="module")
+def ort_reference(export_dir, samples, tmp_path_factory):
+    from lga_export.runtime.registry import open_runner
+
+    with open_runner("ort", export_dir, cache_dir=False) as runner:
+        return run_samples(runner, samples, 2)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LGA_EXPORT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _parity(runner, samples, reference):
+    names = [s.name for s in samples]
+    return compare_outputs(reference, run_samples(runner, samples, 2, reference), names,
+                           tolerance(runner.precision), ("ort-fp32", runner.label))
+
+
+def test_ov_fp32_agrees_with_ort_through_the_factory(export_dir, samples, ort_reference, cache):
+    from lga_export.runtime.registry import open_runner
+
+    with open_runner("ov", export_dir, threads=2) as runner:
+        parity = _parity(runner, samples, ort_reference)
+        info = runner.describe()
+    assert parity.passed, parity.problems
+    assert parity.end_to_end.dice_worst >= tolerance("fp32").min_dice
+    assert parity.text.max_abs_diff < 1e-4
+    assert info["backend"] == "ov" and info["inference_precision"] == "fp32" and info["fallback"] is None
+    assert info["compiled"]["lga_image"]["execution_devices"] == ["CPU"]
+    assert info["compiled"]["lga_image"]["performance_hint"] == "LATENCY"
+    assert info["compiled"]["lga_image"]["inference_num_threads"] == 2
+
+
+def test_ov_bf16_meets_the_spec_or_records_the_fallback(export_dir, samples, ort_reference, cache):
+    from lga_export.runtime.openvino_runner import cpu_bf16_support
+    from lga_export.runtime.registry import open_runner
+
+    with open_runner("ov", export_dir, "bf16") as runner:
+        parity = _parity(runner, samples, ort_reference)
+        info = runner.describe()
+    if cpu_bf16_support()["supported"]:
+        assert info["inference_precision"] == "bf16" and info["fallback"] is None, info
+        assert set(info["compiled"]["lga_image"]["compute_layers_by_precision"]) == {"bf16"}
+    else:
+        assert info["inference_precision"] == "fp32" and "BF16" in info["fallback"], info
+    assert parity.end_to_end.dice_worst >= tolerance("bf16").min_dice, parity.problems
+
+
+def test_ov_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(export_dir, monkeypatch, cache):
+    from lga_export.bench.cases import Case, static_skip_reason
+    from lga_export.runtime import openvino_runner
+    from lga_export.runtime.registry import open_runner
+
+    monkeypatch.setattr(openvino_runner, "cpu_bf16_support",
+                        lambda core=None: {"supported": False, "cpu_flags": [], "openvino_capabilities": ["FP32"]})
+    with open_runner("ov", export_dir, "bf16") as runner:
+        info = runner.describe()
+    assert info["precision"] == "bf16" and info["inference_precision"] == "fp32"
+    assert "no native BF16" in info["fallback"]
+    assert info["compiled"]["text_encoder"]["inference_precision_hint"] == "f32"
+    assert "no native BF16" in static_skip_reason(Case("ov", "bf16"), "cpu", None, None)
+    assert "no int8 path" in static_skip_reason(Case("ov", "int8"), "cpu", None, None)
+
+
+def test_compiled_and_optimised_model_caches_live_outside_the_export(export_dir, cache):
+    from lga_export.artifact import open_export
+    from lga_export.runtime.registry import open_runner
+
+    before = sorted(p.name for p in export_dir.rglob("*"))
+    for backend, key in (("ov", "compiled_cache"), ("ort", "optimized_cache")):
+        states = []
+        for _ in range(2):
+            with open_runner(backend, export_dir) as runner:
+                states.append({graph: v[key] for graph, v in runner.describe()["startup"].items()})
+        assert set(states[0].values()) == {"written"} and set(states[1].values()) == {"hit"}, (backend, states)
+    assert (cache / "openvino").is_dir() and (cache / "onnxruntime").is_dir()
+    assert sorted(p.name for p in export_dir.rglob("*")) == before
+    open_export(export_dir)  # every file still matches its sha256
+
+
+def test_ort_session_options_are_recorded_and_a_cached_graph_gives_the_same_masks(export_dir, samples, cache):
+    from lga_export.runtime.registry import open_runner
+
+    outputs = []
+    for _ in range(2):  # written, then read back from the cache
+        with open_runner("ort", export_dir, threads=2) as runner:
+            info = runner.describe()
+            outputs.append(run_samples(runner, samples, 2))
+    options = info["session_options"]
+    assert options["allow_spinning"] is False and options["graph_optimization_level"] == "all"
+    assert options["intra_op_threads"] == 2 and options["optimized_model_cache"] == str(cache / "onnxruntime")
+    assert {v["optimized_cache"] for v in info["startup"].values()} == {"hit"}
+    np.testing.assert_allclose(outputs[0].logits, outputs[1].logits, atol=1e-5)
+    with open_runner("ort", export_dir, cache_dir=False, spinning=True, optimization="extended") as runner:
+        options = runner.describe()["session_options"]
+        assert options["allow_spinning"] is True and options["optimized_model_cache"] is None
+        assert options["graph_optimization_level"] == "extended"
+
+
+def test_predict_runs_on_openvino(export_dir, image_folder, tmp_path, cache):
+    from PIL import Image
+
+    from lga_export.predict import predict_files
+
+    images, table = image_folder
+    masks = {}
+    for backend in ("ort", "ov"):
+        written = predict_files(export_dir, images=images, text_file=table, out=tmp_path / backend, backend=backend)
+        masks[backend] = {p.name: np.asarray(Image.open(p)) > 0 for p in written if p.name.endswith("_mask.png")}
+    assert masks["ov"].keys() == masks["ort"].keys() and masks["ov"]
+    for name, mask in masks["ov"].items():
+        other = masks["ort"][name]
+        overlap = 2 * (mask & other).sum() / max(mask.sum() + other.sum(), 1)
+        assert overlap >= tolerance("fp32").min_dice or mask.sum() + other.sum() == 0, name
+
+
+def test_bench_recommends_the_fastest_cpu_case_that_passes_its_gate():
+    from lga_export.bench.report import recommendation, render_report  # noqa: F401
+
+    def case(backend, precision, e2e, image, worst):
+        parity = {"end_to_end": {"dice_worst": worst, "nonfinite": 0}, "text_encoder": {"nonfinite": 0}}
+        latency = {"end_to_end": {"p50_ms": e2e}, "lga_image": {"p50_ms": image}, "text_encoder": {"p50_ms": 1.0}}
+        runner = {"providers_in_use": {"lga_image": ["CPUExecutionProvider"]}} if backend == "ort" else {}
+        return {"backend": backend, "precision": precision, "runner": runner,
+                "batches": {"1": {"parity": parity, "latency": latency}}}
+
+    results = {"machine": {"device": "cpu"}, "settings": {"min_dice_agreement": None}, "cases": {
+        "torch-fp32": case("torch", "fp32", 400.0, 390.0, 1.0),
+        "ort-fp32": case("ort", "fp32", 50.0, 40.0, 1.0),
+        "ort-int8": case("ort", "int8", 30.0, 20.0, 0.95),  # fastest, but below the 0.98 gate
+        "ov-bf16": case("ov", "bf16", 40.0, 30.0, 0.995),
+    }}
+    rec = recommendation(results)
+    assert rec["best"]["label"] == "ov-bf16"
+    assert rec["best"]["vs_torch_fp32"]["end_to_end"] == pytest.approx(0.1)
+    assert rec["best"]["vs_ort_fp32"]["image_graph"] == pytest.approx(0.75)
+    assert [c["label"] for c in rec["ranking"]] == ["ort-int8", "ov-bf16", "ort-fp32", "torch-fp32"]
+    assert not rec["ranking"][0]["passed"]
