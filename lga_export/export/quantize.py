@@ -14,12 +14,13 @@ Two methods (`lga-export onnx --int8 dynamic|static`):
   by the PyTorch module path the exporter keeps on every node, so the rule holds for every
   preset). The manifest's `int8` entry lists them.
 
-Why dynamic stays the default (issue #12, measured on the trained tiny model, 100 QaTa Val
-images, and on vit_b-sized MLP blocks): static is no faster on ONNX Runtime's CPU kernels
-(vit_b-sized blocks: static 0.29x FP32, dynamic 0.26x; keeping MatMul outputs in FP32 for
-accuracy makes static 0.85x) and it is less accurate and depends on the calibration set
-(worst mask agreement 0.989 with 64 calibration images, 0.977 with 32, 0.76 with 8; dynamic
-0.992 with none).
+Why dynamic stays the default (issue #12, measured on a 2-core AMD EPYC with ONNX Runtime 1.32,
+ratios within one run): static is no faster on ONNX Runtime's CPU kernels - image graph of the
+trained tiny model: static 0.91x FP32, dynamic 0.84x; three vit_b-sized transformer blocks
+(4096 tokens, width 768): static 0.29-0.32x, dynamic 0.26-0.29x (keeping MatMul outputs in
+FP32, which helps accuracy, makes static 0.85-0.92x: no integer kernel is fused) - and it is
+less accurate and depends on the calibration set: worst mask agreement over 100 QaTa Val
+images 0.989 with 64 calibration images, 0.977 with 32, 0.76 with 8; dynamic 0.992 with none.
 
 The text graph stays FP32 either way, so an INT8 export pairs the FP32 text graph with the
 INT8 image graph. Both kinds of graph run on ONNX Runtime's CPU kernels.
