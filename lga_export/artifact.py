@@ -143,6 +143,16 @@ def open_export(folder: str | Path, model_digest: str | None = None) -> ExportAr
     return ExportArtifact(folder, manifest, config)
 
 
+def export_of(source: Any, model_digest: str | None = None, runtime: str = "this backend") -> ExportArtifact:
+    """The verified export a runner was given: an ExportArtifact (re-checked against `model_digest`)
+    or an export folder path."""
+    if isinstance(source, ExportArtifact):
+        return open_export(source.folder, model_digest) if model_digest is not None else source
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        return open_export(source, model_digest)
+    raise LGAError(f"{runtime} runs an export folder; export the model first with lga-export onnx and pass the folder")
+
+
 def engine_manifest_path(folder: Path, graph: str, precision: str) -> Path:
     return Path(folder) / f"{graph}.{precision}.manifest.json"
 

@@ -9,6 +9,7 @@ ranks, dynamic sizes within their bounds) before the backend sees it, so subclas
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +32,8 @@ class Runner(abc.ABC):
         self.precision = precision
         self.specs: dict[str, GraphSpec] = specs_by_name(config)
         self.active = False
+        self.tokenizer_dir: Path | None = None  # the artefact's tokenizer folder (tokenizer.json)
+        self._model_digest: str | None = None
 
     @abc.abstractmethod
     def activate_impl(self) -> None:
@@ -62,6 +65,19 @@ class Runner(abc.ABC):
             raise LGAError(f"unknown graph {graph!r}; choose one of {', '.join(self.specs)}")
         spec.check_feeds(feeds)
         return self.infer_impl(graph, feeds)
+
+    @property
+    def model_digest(self) -> str | None:
+        """Digest (config + weights) of the model this runner runs, as its artefact records it."""
+        return self._model_digest
+
+    def tokenizer(self):
+        """The model's tokenizer from the artefact's tokenizer.json (no transformers needed)."""
+        from lga_export.tokenization import TextTokenizer
+
+        if self.tokenizer_dir is None:
+            raise LGAError(f"the {self.label} runner was opened without a tokenizer folder")
+        return TextTokenizer.from_folder(self.tokenizer_dir)
 
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends); latency timers call it."""

@@ -99,17 +99,9 @@ class OpenVinoRunner(Runner):
                     model_digest: str | None = None, **options: Any) -> "OpenVinoRunner":
         """An export folder (path or ExportArtifact), verified before anything is loaded. OpenVINO
         reads the FP32 graphs at every precision (BF16 is an inference hint)."""
-        from lga_export.artifact import ExportArtifact, open_export
+        from lga_export.artifact import export_of
 
-        if isinstance(source, ExportArtifact):
-            artifact = source
-            if model_digest is not None:
-                open_export(source.folder, model_digest)
-        elif isinstance(source, (str, Path)) and Path(source).is_dir():
-            artifact = open_export(source, model_digest)
-        else:
-            raise LGAError("OpenVINO runs an export folder; export the model first with lga-export onnx "
-                           "and pass the folder")
+        artifact = export_of(source, model_digest, "OpenVINO")
         if not device.lower().startswith("cpu"):
             raise LGAError(f"the OpenVINO backend runs on the CPU here, not {device}; use --device cpu")
         from lga_export.export.specs import specs_by_name
@@ -117,8 +109,10 @@ class OpenVinoRunner(Runner):
         names = list(specs_by_name(artifact.config))
         graphs = {name: artifact.graph(name, "fp32") for name in names}
         digests = {name: graph_digest(artifact, name, "fp32") for name in names}
-        return cls(artifact.config, graphs, precision, tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests,
-                   **options)
+        runner = cls(artifact.config, graphs, precision, tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests,
+                     **options)
+        runner._model_digest = artifact.model_digest
+        return runner
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -221,13 +215,6 @@ class OpenVinoRunner(Runner):
         self.compiled.clear()
 
     # -- running ----------------------------------------------------------------------------
-
-    def tokenizer(self):
-        from lga_export.tokenization import TextTokenizer
-
-        if self.tokenizer_dir is None:
-            raise LGAError("this OpenVINO runner was opened without a tokenizer folder")
-        return TextTokenizer.from_folder(self.tokenizer_dir)
 
     def infer_impl(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request = self.requests[graph]

@@ -132,21 +132,15 @@ class OnnxRuntimeRunner(Runner):
                     model_digest: str | None = None, providers: list[str] | None = None,
                     **options: Any) -> "OnnxRuntimeRunner":
         """An export folder (path or ExportArtifact), verified before anything is loaded."""
-        from lga_export.artifact import ExportArtifact, open_export
+        from lga_export.artifact import export_of
 
-        if isinstance(source, ExportArtifact):
-            artifact = source
-            if model_digest is not None:
-                open_export(source.folder, model_digest)
-        elif isinstance(source, (str, Path)) and Path(source).is_dir():
-            artifact = open_export(source, model_digest)
-        else:
-            raise LGAError("ONNX Runtime runs an export folder; export the model first with lga-export onnx "
-                           "and pass the folder")
+        artifact = export_of(source, model_digest, "ONNX Runtime")
         graphs = {name: artifact.graph(name, precision) for name in cls.graph_names(artifact.config)}
         digests = {name: graph_digest(artifact, name, precision) for name in graphs}
-        return cls(artifact.config, graphs, precision, providers=providers or default_providers(device),
-                   tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests, **options)
+        runner = cls(artifact.config, graphs, precision, providers=providers or default_providers(device),
+                     tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests, **options)
+        runner._model_digest = artifact.model_digest
+        return runner
 
     @staticmethod
     def graph_names(config: LGAConfig) -> list[str]:
@@ -269,13 +263,6 @@ class OnnxRuntimeRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self.sessions.clear()
-
-    def tokenizer(self):
-        from lga_export.tokenization import TextTokenizer
-
-        if self.tokenizer_dir is None:
-            raise LGAError("this ONNX Runtime runner was opened without a tokenizer folder")
-        return TextTokenizer.from_folder(self.tokenizer_dir)
 
     def infer_impl(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.sessions[graph]

@@ -58,6 +58,14 @@ class TorchRunner(Runner):
     def deactivate_impl(self) -> None:
         self.graphs = {}
 
+    @property
+    def model_digest(self) -> str:
+        if self._model_digest is None:
+            from lga_export.checkpoint import model_digest
+
+            self._model_digest = model_digest(self.model)
+        return self._model_digest
+
     def tokenizer(self):
         from lga_export.modeling.text_encoder import load_text_tokenizer
 

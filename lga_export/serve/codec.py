@@ -50,22 +50,9 @@ def mask_png(mask: np.ndarray) -> bytes:
 def model_identity(runner: Any, source: Any) -> dict[str, Any]:
     """Digest, backend, precision and config of an active runner's model.
 
-    The digest comes from the runner when it knows it (TensorRT), from the model a PyTorch
-    runner holds, or from the verified export folder the runner was opened on.
+    The digest is the one the runner's artefact records (or, for PyTorch, its model's).
     """
-    digest = getattr(runner, "model_digest", None)
-    if not isinstance(digest, str):
-        model = getattr(runner, "model", None)
-        if model is not None:
-            from lga_export.checkpoint import model_digest
-
-            digest = model_digest(model)
-        elif isinstance(source, (str, Path)) and Path(source).is_dir():
-            from lga_export.artifact import open_export
-
-            digest = open_export(source).model_digest
-        else:
-            digest = None
+    digest = runner.model_digest
     describe = json.loads(json.dumps(runner.describe() or {}, default=str))
     return {
         "model": digest,
