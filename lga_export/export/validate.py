@@ -14,7 +14,7 @@ from typing import Any
 from lga_export.export.specs import tolerance
 from lga_export.runtime.comparator import compare_outputs, run_samples
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner
-from lga_export.runtime.torch_runner import TorchRunner
+from lga_export.runtime.registry import open_runner
 from lga_export.samples import validation_samples
 
 
@@ -24,7 +24,7 @@ def validate_export(model, graphs: dict[str, dict[str, Path]], tokenizer_dir: Pa
     False when any tolerance of export/specs.py is missed."""
     samples, source = validation_samples(batch, data_root)
     names = [s.name for s in samples]
-    with TorchRunner(model) as reference:
+    with open_runner("torch", model) as reference:
         ref = run_samples(reference, samples, batch=1)  # one by one: a ViT-H batch would not fit in memory
     gc.collect()
     report: dict[str, Any] = {"batch": batch, "samples": names, "source": source, "results": {}}
