@@ -297,7 +297,7 @@ def prepare_preset(preset: str, samples, seed: int, folder: Path, log: Callable[
     if not np.isfinite(reference).all():
         raise CheckError(f"{preset}: the CPU FP32 reference has NaN/Inf values")
     data_file = f"{preset}.npz"
-    np.savez_compressed(folder / data_file, pixels=pixels, text_embedding=embeddings.astype(np.float32),
+    np.savez_compressed(folder / data_file, pixels=pixels, embeddings=embeddings.astype(np.float32),
                         reference_logits=reference.astype(np.float32))
     log(f"  {preset}: done in {time.perf_counter() - start:.1f} s")
     return {"config": json.loads(config.to_json()), "weights": weights, "data": data_file, "names": names,
@@ -402,7 +402,7 @@ class Inputs:
         self.config = LGAConfig.from_json(json.dumps(entry["config"]))
         with np.load(bundle / entry["data"]) as data:
             self.pixels = data["pixels"]
-            self.text_embedding = np.ascontiguousarray(data["text_embedding"], dtype=np.float32)
+            self.text_embedding = np.ascontiguousarray(data["embeddings"], dtype=np.float32)
             self.reference = np.ascontiguousarray(data["reference_logits"], dtype=np.float32)
         self.names = list(entry["names"])
         self.images = normalized_batch(self.pixels, self.config)

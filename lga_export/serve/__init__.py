@@ -25,4 +25,6 @@ def ray_available() -> bool:
     return True
 
 
+# The multipart form fields of POST /v1/segment (the HTTP API, not graph tensors).
+IMAGE_FIELD, TEXT_FIELD = "image", "text"
 RAY_MISSING = 'this command needs ray, which this install lacks; pip install "lga-export[serve]"'

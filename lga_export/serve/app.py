@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lga_export.errors import LGAError
-from lga_export.serve import RAY_MISSING, ray_available
+from lga_export.serve import IMAGE_FIELD, RAY_MISSING, TEXT_FIELD, ray_available
 
 if not ray_available():  # the CLI checks first; importing this module needs Ray
     raise ImportError(RAY_MISSING)
@@ -142,7 +142,7 @@ async def read_form(request: Request, limit: int) -> tuple[bytes, str, str]:
     except Exception as exc:  # noqa: BLE001 - python-multipart's own errors
         raise Reject(400, f"malformed multipart form ({type(exc).__name__}: {exc})") from None
     try:
-        image, text = form.get("image"), form.get("text")
+        image, text = form.get(IMAGE_FIELD), form.get(TEXT_FIELD)
         if image is None:
             raise Reject(400, "missing form field 'image' (the image file: PNG, JPEG, TIFF or DICOM)")
         if isinstance(image, str):

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lga_export.errors import LGAError
+from lga_export.serve import IMAGE_FIELD, TEXT_FIELD
 
 
 def is_loopback(host: str) -> bool:
@@ -104,9 +105,9 @@ class Client:
 
     def segment(self, image: bytes, filename: str, text: str | None, accept: str = "application/json",
                 fields: dict[str, str] | None = None) -> Answer:
-        form = {} if text is None else {"text": text}
+        form = {} if text is None else {TEXT_FIELD: text}
         form.update(fields or {})
-        body, content_type = multipart(form, {"image": (filename, image)} if image is not None else {})
+        body, content_type = multipart(form, {IMAGE_FIELD: (filename, image)} if image is not None else {})
         return self.request("POST", "/v1/segment", body, {"Content-Type": content_type, "Accept": accept})
 
     def get(self, path: str) -> Answer:
