@@ -29,11 +29,13 @@ INT8 image graph. Both kinds of graph run on ONNX Runtime's CPU kernels.
 from __future__ import annotations
 
 import ast
+import contextlib
+import logging
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -79,12 +81,26 @@ def int8_method(value: bool | str | None, calibration_samples: int = CALIBRATION
 # Dynamic quantisation
 # ----------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantiser advises "pre-processing" on the root logger at WARNING; the
+    graphs are already optimised by the exporter, so keep that advice off the user's output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_dynamic_int8(source: Path, target: Path) -> dict[str, Any]:
     """Write `target` (one file) from the FP32 graph `source`; return how it was quantised."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
-                     per_channel=False, reduce_range=False)
+    with _quiet_root_logger():
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
+                         per_channel=False, reduce_range=False)
     return {"method": "dynamic", "tool": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": "QInt8", "activations": "QUInt8, dynamic", "op_types": list(QUANTIZED_OPS),
             "per_channel": False, "calibration": None, "excluded_nodes": [], "text_graph": "fp32"}
@@ -262,13 +278,14 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet
     # ReduceMin/ReduceMax pair per tensor and image, so memory stays small without it.
     extra: dict[str, Any] = dict(settings.extra)
     start = time.perf_counter()
-    quantize_static(source, target, _reader(calibration.feeds) if cache is None or not Path(cache).is_file() else None,
-                    quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
-                    per_channel=settings.per_channel, reduce_range=False,
-                    activation_type=getattr(QuantType, settings.activation_type),
-                    weight_type=getattr(QuantType, settings.weight_type), nodes_to_exclude=excluded,
-                    calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
-                    extra_options=extra, **({"calibration_cache_path": str(cache)} if cache else {}))
+    with _quiet_root_logger():
+        quantize_static(source, target, _reader(calibration.feeds) if cache is None or not Path(cache).is_file() else None,
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
+                        per_channel=settings.per_channel, reduce_range=False,
+                        activation_type=getattr(QuantType, settings.activation_type),
+                        weight_type=getattr(QuantType, settings.weight_type), nodes_to_exclude=excluded,
+                        calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
+                        extra_options=extra, **({"calibration_cache_path": str(cache)} if cache else {}))
     seconds = time.perf_counter() - start
     return {"method": "static", "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
             "weight_type": settings.weight_type, "activations": f"{settings.activation_type}, calibrated",
