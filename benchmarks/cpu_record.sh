@@ -124,7 +124,9 @@ log "lga-bench exit $status, load after: $LOAD_AFTER"
          "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) logical cores, threads $THREADS."
     echo "Load average (1/5/15 min) before the bench: $LOAD_BEFORE; after: $LOAD_AFTER."
     echo "Random SAM weights from torch.manual_seed($SEED), bundled MiniLM; QaTa-COV19 Val images for parity and"
-    echo "latency; static INT8 calibrated on $CALIBRATION QaTa Train images. Made by \`benchmarks/cpu_record.sh\`:"
+    if [[ $INT8 == static ]]; then int8_text="static INT8 calibrated on $CALIBRATION QaTa Train images"
+    else int8_text="INT8 by ONNX Runtime dynamic quantisation"; fi
+    echo "latency; $int8_text. Made by \`benchmarks/cpu_record.sh\`:"
     echo
     echo "    ${EXPORT_CMD[*]}"
     echo "    ${BENCH_CMD[*]}"
