@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from lga_export.cli.common import (CheckpointOption, PresetOption, SamCheckpointOption, TextModelOption,
+from lga_export.cli.common import (BackendOption, CheckpointOption, ModelOption, PrecisionOption, PresetOption,
+                                   SamCheckpointOption, TextModelOption,
                                    ablation_overrides, quiet_libraries, user_errors)
 
 
@@ -60,12 +61,9 @@ def onnx(
 
 @user_errors
 def predict(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Export folder (ONNX Runtime), engine folder "
-                                         "(TensorRT) or LGA checkpoint (PyTorch); default: the embedded model."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort, ov "
-                                          "(OpenVINO on an export folder) or trt (default: the one that fits --model)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and "
-                                  "the export offer."),
+    model: Optional[Path] = ModelOption,
+    backend: Optional[str] = BackendOption,
+    precision: str = PrecisionOption,
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda for an engine "
                                          "folder, else cpu)."),
     image: Optional[Path] = typer.Option(None, "--image", help="One image file."),

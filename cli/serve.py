@@ -7,17 +7,14 @@ from typing import Optional
 
 import typer
 
-from lga_export.cli.common import quiet_libraries, user_errors
+from lga_export.cli.common import BackendOption, ModelOption, PrecisionOption, quiet_libraries, user_errors
 
 
 @user_errors
 def serve(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Export folder (ONNX Runtime), engine folder "
-                                         "(TensorRT) or LGA checkpoint (PyTorch); default: the embedded model."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort or trt "
-                                          "(default: the one that fits --model)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and the "
-                                  "export offer."),
+    model: Optional[Path] = ModelOption,
+    backend: Optional[str] = BackendOption,
+    precision: str = PrecisionOption,
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda with "
                                          "--gpus-per-replica or an engine folder, else cpu)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
