@@ -37,7 +37,7 @@ def test_prepare_writes_a_small_verified_bundle(device_check, bundle: Path) -> N
     assert entry["config"]["text_source"] == "learnable_query"  # no text backbone needed on the device
     with np.load(bundle / entry["data"]) as data:
         assert data["pixels"].dtype == np.uint8 and data["pixels"].shape == (2, 256, 256, 3)
-        assert data["text_embedding"].shape == (2, 1, entry["config"]["embed_dim"])
+        assert data["embeddings"].shape == (2, 1, entry["config"]["embed_dim"])
         assert data["reference_logits"].shape == (2, 1, 256, 256)
     assert (bundle / device_check.SITE_DIR / "segment_anything" / "__init__.py").is_file()
     assert "bundle.json" not in info["files"] and f"{device_check.SITE_DIR}/segment_anything/__init__.py" in info["files"]

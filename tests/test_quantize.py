@@ -72,7 +72,7 @@ def test_calibration_uses_training_images_or_built_in_samples_other_than_validat
 
     pairs, source = calibration_samples(3, tmp_path)  # a root without qata-cov19/: built-in samples
     assert source.startswith("built-in synthetic") and len(pairs) == 3
-    validation = validation_samples(3, tmp_path)[0] if data_root is None else []
+    validation = validation_samples(3)[0] if data_root is None else []
     for (_, rgb, text), other in zip(pairs, validation):
         assert not np.array_equal(rgb, other.rgb)
     if data_root is not None:
