@@ -89,3 +89,28 @@ def image_folder(tmp_path_factory, data_root) -> tuple[Path, Path]:
     table = folder / "text.csv"
     table.write_text("Image,Description\n" + "".join(rows))
     return images, table
+
+
+@pytest.fixture(scope="session")
+def lvit_root(tmp_path_factory, data_root) -> Path:
+    """A dataset in the LViT layout: QaTa-COV19 when present, else one written from the built-in
+    samples (Train 8, Val 4: images, mask_<name> labels, a text table), so training runs anywhere."""
+    if data_root is not None:
+        return QATA
+    from PIL import Image
+
+    from lga_export.samples import synthetic_samples
+
+    root = tmp_path_factory.mktemp("lvit")
+    for split, count, seed in (("Train", 8, 1), ("Val", 4, 2)):
+        folder = root / f"{split}_Folder"
+        (folder / "img").mkdir(parents=True)
+        (folder / "labelcol").mkdir()
+        rows = []
+        for index, sample in enumerate(synthetic_samples(count, seed=seed)):
+            name = f"{split.lower()}_{index}.png"
+            Image.fromarray(sample.rgb).save(folder / "img" / name)
+            Image.fromarray(sample.mask.astype("uint8") * 255).save(folder / "labelcol" / f"mask_{name}")
+            rows.append(f'mask_{name},"{sample.text}"\n')
+        (folder / f"{split}_text.csv").write_text("Image,Description\n" + "".join(rows))
+    return root

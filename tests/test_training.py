@@ -21,8 +21,8 @@ def _settings(data: Path, out: Path, **changes) -> TrainSettings:
     return TrainSettings(**{**base, **changes})
 
 
-def test_loss_falls_on_real_pairs(qata_root, tmp_path):
-    summary = train(get_preset("tiny"), _settings(qata_root, tmp_path / "run", max_steps=8))  # 1 step = 1 epoch
+def test_loss_falls_on_real_pairs(lvit_root, tmp_path):
+    summary = train(get_preset("tiny"), _settings(lvit_root, tmp_path / "run", max_steps=8))  # 1 step = 1 epoch
     losses = [float(line.split(",")[1]) for line in (tmp_path / "run" / "steps.csv").read_text().splitlines()[1:]]
     assert summary["steps_done"] == 8 and len(losses) == 8
     assert losses[-1] < 0.9 * losses[0] and losses[-1] < min(losses[:3]), losses
@@ -32,14 +32,14 @@ def test_loss_falls_on_real_pairs(qata_root, tmp_path):
     assert 0.0 <= row["val_dice"] <= 1.0 and 0.0 <= row["val_miou"] <= row["val_dice"] + 1e-9
 
 
-def test_resume_continues_from_the_saved_step_exactly(qata_root, tmp_path):
+def test_resume_continues_from_the_saved_step_exactly(lvit_root, tmp_path):
     config = get_preset("tiny")
     straight = tmp_path / "straight"
-    train(config, _settings(qata_root, straight, max_steps=4, augment=True))
+    train(config, _settings(lvit_root, straight, max_steps=4, augment=True))
     split = tmp_path / "split"
-    first = train(config, _settings(qata_root, split, max_steps=2, augment=True))
+    first = train(config, _settings(lvit_root, split, max_steps=2, augment=True))
     assert first["steps_done"] == 2
-    resumed = train(config, _settings(qata_root, split, max_steps=4, augment=True, resume=True))
+    resumed = train(config, _settings(lvit_root, split, max_steps=4, augment=True, resume=True))
     assert resumed["steps_done"] == 4
     history = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history] == [1, 2, 3, 4]  # one step per epoch here; rows kept
@@ -57,18 +57,18 @@ def test_resume_continues_from_the_saved_step_exactly(qata_root, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2
 
 
-def test_refuses_to_overwrite_a_run_and_eval_writes_its_outputs(qata_root, tmp_path):
+def test_refuses_to_overwrite_a_run_and_eval_writes_its_outputs(lvit_root, tmp_path):
     from lga_export.cli.main import app
 
     runner = CliRunner()
     run = tmp_path / "run"
-    args = ["train", "--preset", "tiny", "--data", str(qata_root), "--out", str(run), "--max-steps", "1",
+    args = ["train", "--preset", "tiny", "--data", str(lvit_root), "--out", str(run), "--max-steps", "1",
             "--limit-train", "2", "--limit-val", "4", "--batch-size", "2", "--warmup-steps", "0"]
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output
     out = tmp_path / "eval"
-    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "best.safetensors"), "--data", str(qata_root),
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "best.safetensors"), "--data", str(lvit_root),
                                  "--split", "Val", "--limit", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -78,7 +78,7 @@ def test_refuses_to_overwrite_a_run_and_eval_writes_its_outputs(qata_root, tmp_p
     scores = [float(r.split(",")[1]) for r in rows[1:]]
     assert abs(sum(scores) / 4 - summary["dice"]) < 1e-5
     assert (out / "cases.png").stat().st_size > 1000
-    assert runner.invoke(app, ["eval", "--checkpoint", str(run / "best.safetensors"), "--data", str(qata_root),
+    assert runner.invoke(app, ["eval", "--checkpoint", str(run / "best.safetensors"), "--data", str(lvit_root),
                                "--limit", "4", "--out", str(out)]).exit_code == 2
 
 
@@ -128,12 +128,12 @@ def test_vit_b_step_changes_only_trainable_parameters(sam_vit_b_checkpoint, bert
         assert any(k.startswith(part) for k in changed), f"nothing in {part} was trained"
 
 
-def test_resume_refuses_a_changed_recipe(qata_root, tmp_path):
+def test_resume_refuses_a_changed_recipe(lvit_root, tmp_path):
     from lga_export.errors import LGAError
 
-    train(get_preset("tiny"), _settings(qata_root, tmp_path / "run", max_steps=1, val_limit=1))
+    train(get_preset("tiny"), _settings(lvit_root, tmp_path / "run", max_steps=1, val_limit=1))
     with pytest.raises(LGAError, match="lr 0.001 -> 0.002"):
-        train(get_preset("tiny"), _settings(qata_root, tmp_path / "run", max_steps=2, lr=2e-3, resume=True))
+        train(get_preset("tiny"), _settings(lvit_root, tmp_path / "run", max_steps=2, lr=2e-3, resume=True))
 
 
 def test_cached_text_embedding_is_the_inference_one_even_in_train_mode():
