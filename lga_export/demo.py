@@ -35,7 +35,7 @@ def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = pri
         for sample, result in zip(samples, results):
             Image.fromarray(overlay(sample.rgb, result.mask)).save(tmp / "masks" / f"{Path(sample.name).stem}_overlay.png")
         log(f"overlays of {len(samples)} samples from {source} (ONNX Runtime FP32) in {out / 'masks'}")
-        settings = BenchSettings(backends=["torch", "ort"], precisions=["fp32", "bf16", "fp16", "int8"],
+        settings = BenchSettings(backends=["torch", "ort", "ov"], precisions=["fp32", "bf16", "fp16", "int8"],
                                  batches=[1], samples=8, warmup=1, iters=5, exclude=["torch-fp16"])
         run_benchmark(model, tmp / "bench", settings, onnx_dir=tmp / "onnx", log=log)
         log((tmp / "bench" / "report.md").read_text())
