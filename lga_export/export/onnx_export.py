@@ -13,12 +13,10 @@ from pathlib import Path
 
 import torch
 
-from lga_export.export.specs import GraphSpec
+from lga_export.export.specs import AXIS_BOUNDS, GraphSpec
 
 DEFAULT_OPSET = 18
 MAX_OPSET = 23  # the newest opset the dynamo exporter of the pinned torch writes (checked by a test)
-MAX_BATCH = 64
-MAX_SEQUENCE = 512
 # Ops kept in FP32 inside FP16 graphs: normalisations (LayerNorm and SAM's LayerNorm2d,
 # which exports as ReduceMean/Pow/Sqrt/Div), softmax, and the text pooling reductions.
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Div",
@@ -34,8 +32,7 @@ def check_opset(opset: int) -> None:
 
 
 def _dynamic_shapes(spec: GraphSpec) -> dict[str, dict[int, torch.export.Dim]]:
-    dims = {"batch": torch.export.Dim("batch", min=1, max=MAX_BATCH),
-            "sequence": torch.export.Dim("sequence", min=2, max=MAX_SEQUENCE)}
+    dims = {symbol: torch.export.Dim(symbol, min=low, max=high) for symbol, (low, high) in AXIS_BOUNDS.items()}
     return {t.name: {axis: dims[symbol] for axis, symbol in t.dynamic_axes.items()} for t in spec.inputs}
 
 
