@@ -64,6 +64,8 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+        if main:  # a parent may have left SIGTERM blocked (inherited across exec): it must reach us
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         try:
             return command(*args, **kwargs)
         except ValidationFailed as exc:

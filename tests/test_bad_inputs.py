@@ -274,8 +274,11 @@ def test_sigterm_leaves_no_partial_export(tmp_path) -> None:
     import time
 
     out = tmp_path / "export"
+    # Started with SIGTERM blocked, as a parent process (or a library in it) may leave the mask:
+    # the CLI must unblock it, or the signal would wait until the export had finished.
     process = subprocess.Popen([sys.executable, "-m", "lga_export.cli.main", "onnx", "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}))
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".export.*")):
         time.sleep(0.2)
