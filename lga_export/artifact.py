@@ -9,6 +9,7 @@ so the lean inference install can use it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,13 @@ class ExportArtifact:
             hint = {"fp16": "re-export with --fp16", "int8": "re-export with --int8"}.get(precision, REEXPORT)
             raise LGAError(f"{self.folder}: no {precision} {graph} graph (has {self.precisions}); {hint}")
         return entry
+
+    def graph_digest(self, graph: str, precision: str) -> str:
+        """One sha256 over a graph's file and its external-data files, from the verified manifest:
+        the key of caches derived from the graph (a re-export with other weights changes it)."""
+        entry = self.graph_entry(graph, precision)
+        names = [entry["file"], *entry.get("external_data", [])]
+        return hashlib.sha256("|".join(f"{n}:{self.manifest['files'][n]}" for n in names).encode()).hexdigest()
 
     def graph(self, graph: str, precision: str) -> Path:
         """The verified ONNX file of `graph` at `precision`."""

@@ -7,30 +7,13 @@ import platform
 import resource
 from typing import Any
 
+from lga_export.runtime.host import cpu_identity
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
     """The SIMD flags that decide FP32/BF16/INT8 speed on x86 (avx512*, amx*, avx2, fma)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni")))
-    except OSError:
-        pass
-    return []
+    return [f for f in cpu_identity()[1] if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni"))]
 
 
 def gpu_name() -> str | None:
@@ -50,7 +33,7 @@ def device_memory_mb() -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cores": os.cpu_count(),
+    return {"cpu": cpu_identity()[0], "cpu_flags": cpu_flags(), "logical_cores": os.cpu_count(),
             "platform": platform.platform(), "gpu": gpu_name(), "load_average_start": list(os.getloadavg())}
 
 

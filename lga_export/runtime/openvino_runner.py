@@ -23,7 +23,7 @@ import numpy as np
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.runtime.base import Runner
-from lga_export.runtime.ort_runner import cache_root, cpu_identity, ensure_cache_dir, graph_digest
+from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir
 
 # Precision name -> OpenVINO's INFERENCE_PRECISION_HINT value.
 HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -108,7 +108,7 @@ class OpenVinoRunner(Runner):
 
         names = list(specs_by_name(artifact.config))
         graphs = {name: artifact.graph(name, "fp32") for name in names}
-        digests = {name: graph_digest(artifact, name, "fp32") for name in names}
+        digests = {name: artifact.graph_digest(name, "fp32") for name in names}
         runner = cls(artifact.config, graphs, precision, tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests,
                      **options)
         runner._model_digest = artifact.model_digest

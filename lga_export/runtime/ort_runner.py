@@ -25,6 +25,7 @@ import numpy as np
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.runtime.base import Runner
+from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir
 
 
 def onnxruntime():
@@ -42,54 +43,6 @@ SPINNING = False
 # Reuse ONNX Runtime's optimised graph across runs: only for the CPU provider, where it was
 # measured to cut session start-up (see `optimized_model_path`).
 OPTIMIZED_CACHE = True
-
-
-def cache_root(kind: str) -> Path:
-    """Per-user cache folder for compiled / optimised models, never inside an export folder:
-    $LGA_EXPORT_CACHE/<kind>, else $XDG_CACHE_HOME/lga-export/<kind>, else ~/.cache/lga-export/<kind>."""
-    base = os.environ.get("LGA_EXPORT_CACHE")
-    if base:
-        return Path(base).expanduser() / kind
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lga-export" / kind
-
-
-def ensure_cache_dir(folder: Path) -> Path | None:
-    """`folder` created private to the user (0700), or None when it cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return folder if os.access(folder, os.W_OK) else None
-    except OSError:
-        return None
-
-
-def cpu_identity() -> tuple[str, list[str]]:
-    """(CPU model name, its x86 SIMD flags: avx*, amx*, fma, f16c) from /proc/cpuinfo, or the
-    platform's name and no flags where that file does not exist."""
-    import platform
-
-    found: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "flags"):
-                    found.setdefault(key.strip(), value.strip())
-                if len(found) == 2:
-                    break
-    except OSError:
-        pass
-    flags = sorted(f for f in found.get("flags", "").split() if f.startswith(("avx", "amx", "fma", "f16c")))
-    return found.get("model name") or platform.processor() or platform.machine(), flags
-
-
-def graph_digest(artifact, graph: str, precision: str) -> str:
-    """One sha256 over a graph's file and its external-data files, from the verified manifest:
-    the key of caches derived from the graph (a re-export with other weights changes it)."""
-    entry = artifact.graph_entry(graph, precision)
-    files = artifact.manifest["files"]
-    names = [entry["file"], *entry.get("external_data", [])]
-    return hashlib.sha256("|".join(f"{n}:{files[n]}" for n in names).encode()).hexdigest()
 
 
 def default_providers(device: str) -> list[str]:
@@ -136,7 +89,7 @@ class OnnxRuntimeRunner(Runner):
 
         artifact = export_of(source, model_digest, "ONNX Runtime")
         graphs = {name: artifact.graph(name, precision) for name in cls.graph_names(artifact.config)}
-        digests = {name: graph_digest(artifact, name, precision) for name in graphs}
+        digests = {name: artifact.graph_digest(name, precision) for name in graphs}
         runner = cls(artifact.config, graphs, precision, providers=providers or default_providers(device),
                      tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests, **options)
         runner._model_digest = artifact.model_digest
