@@ -111,7 +111,7 @@ def _latencies(runner, segmenter: Segmenter, ctx: _Context, batch: int) -> dict[
     text_feeds = segmenter.text_feeds(texts)
     ref_text = ctx.reference[min(ctx.reference)].text_embedding
     feeds = image_feeds(segmenter.image_batch(rgbs), np.stack([ref_text[i % len(ctx.samples)] for i in range(batch)]))
-    s, sync, stream = ctx.settings, runner.synchronize, getattr(runner, "timing_stream", lambda: None)()
+    s, sync, stream = ctx.settings, runner.synchronize, runner.timing_stream()
     return {
         TEXT_GRAPH: measure(lambda: runner.infer(TEXT_GRAPH, text_feeds), sync, batch, s.warmup, s.iters, stream),
         IMAGE_GRAPH: measure(lambda: runner.infer(IMAGE_GRAPH, feeds), sync, batch, s.warmup, s.iters, stream),

@@ -79,6 +79,10 @@ class Runner(abc.ABC):
             raise LGAError(f"the {self.label} runner was opened without a tokenizer folder")
         return TextTokenizer.from_folder(self.tokenizer_dir)
 
+    def timing_stream(self) -> Any:
+        """The CUDA stream the graphs run on, for CUDA-event timings (None: host timing only)."""
+        return None
+
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends); latency timers call it."""
 
