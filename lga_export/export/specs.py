@@ -117,12 +117,6 @@ class GraphSpec:
         """The graph's one output."""
         return self.outputs[0].name
 
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {t.name: t.dynamic_axes for t in self.inputs + self.outputs if t.dynamic_axes}
-
-    def input_shapes(self, sizes: dict[str, int]) -> dict[str, tuple[int, ...]]:
-        return {t.name: t.concrete(sizes) for t in self.inputs}
-
     def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         """Refuse feeds that do not fit the graph before a backend sees them (one line)."""
         missing = [n for n in self.input_names if n not in feeds]
