@@ -20,12 +20,13 @@ def onnx(
     text_model: Optional[str] = TextModelOption,
     out: Path = typer.Option(Path("runs/onnx"), "--out", "-o", help="Export folder (created atomically)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write the FP16 graph pair (*.fp16.onnx) for TensorRT."),
-    int8: Optional[str] = typer.Option(None, "--int8", metavar="dynamic|static", help="Also write an INT8 image "
-                                       "graph (lga_image.int8.onnx, for ONNX Runtime on the CPU) paired with the FP32 "
-                                       "text graph: 'dynamic' quantisation (recommended: as fast, more accurate) or "
-                                       "'static' QDQ calibrated on QaTa training images (--data)."),
+    int8: Optional[str] = typer.Option(None, "--int8", metavar="dynamic|static|ov", help="Also write an INT8 image "
+                                       "graph for the CPU, paired with the FP32 text graph: 'ov' (NNCF, calibrated; "
+                                       "lga_image.int8.xml for --backend ov: the fastest where the CPU has VNNI/AMX; "
+                                       "needs lga-export[int8]), 'dynamic' (ONNX Runtime, no calibration) or 'static' "
+                                       "(ONNX Runtime QDQ, calibrated) - both lga_image.int8.onnx for --backend ort."),
     calibration_samples: int = typer.Option(64, "--calibration-samples", help="Training images that calibrate "
-                                            "--int8 static (QaTa Train under --data, else built-in samples)."),
+                                            "--int8 static|ov (QaTa Train under --data, else built-in samples)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (the dynamo exporter needs >= 18)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check both graphs against PyTorch."),
     batch: int = typer.Option(3, "--validation-batch", help="Batch size of the validation run (not the traced one)."),
@@ -36,7 +37,7 @@ def onnx(
     """Export the text graph and the fused image graph to ONNX, then validate them.
 
     Writes text_encoder.onnx, lga_image.onnx (and *.fp16.onnx with --fp16, lga_image.int8.onnx with
-    --int8 dynamic|static), the tokenizer and manifest.json (sha256 of every file and the model's digest). A failed
+    --int8 dynamic|static, lga_image.int8.xml/.bin with --int8 ov), the tokenizer and manifest.json (sha256 of every file and the model's digest). A failed
     validation writes nothing and exits with code 3.
     """
     quiet_libraries()

@@ -120,6 +120,19 @@ class ExportArtifact:
         names = [entry["file"], *entry.get("external_data", [])]
         return hashlib.sha256("|".join(f"{n}:{self.manifest['files'][n]}" for n in names).encode()).hexdigest()
 
+    def graph_format(self, graph: str, precision: str) -> str:
+        """'openvino-ir' for an OpenVINO IR (`--int8 ov`; only the ov backend runs it), else 'onnx'."""
+        return "openvino-ir" if str(self.graph_entry(graph, precision).get("file", "")).endswith(".xml") else "onnx"
+
+    @property
+    def int8_backend(self) -> str | None:
+        """The backend that runs this export's INT8 graphs: 'ov' for an OpenVINO IR, 'ort' for
+        ONNX, None without them."""
+        if "int8" not in self.precisions:
+            return None
+        formats = {self.graph_format(name, "int8") for name in self.manifest.get("graphs", {})}
+        return "ov" if "openvino-ir" in formats else "ort"
+
     def graph(self, graph: str, precision: str) -> Path:
         """The verified ONNX file of `graph` at `precision`."""
         return inside(self.folder, self.graph_entry(graph, precision).get("file"), self.folder / MANIFEST, REEXPORT)

@@ -92,7 +92,7 @@ def test_ov_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(export_dir, monkeypatc
     assert "no native BF16" in info["fallback"]
     assert info["compiled"]["text_encoder"]["inference_precision_hint"] == "f32"
     assert "no native BF16" in static_skip_reason(Case("ov", "bf16"), "cpu", None, None)
-    assert "no int8 path" in static_skip_reason(Case("ov", "int8"), "cpu", None, None)
+    assert "no fp16 path" in static_skip_reason(Case("ov", "fp16"), "cpu", None, None)
 
 
 def test_compiled_and_optimised_model_caches_live_outside_the_export(export_dir, cache):

@@ -76,8 +76,9 @@ def _openvino_problem(precision: str, device: str) -> str | None:
 
 
 def static_skip_reason(case: Case, device: str, export_precisions: list[str] | None,
-                       engines_dir: Path | None) -> str | None:
-    """Why `case` cannot run here, known before anything is loaded (None: try it)."""
+                       engines_dir: Path | None, int8_backend: str | None = None) -> str | None:
+    """Why `case` cannot run here, known before anything is loaded (None: try it). `int8_backend`:
+    which backend runs the export's INT8 graph ('ort', 'ov'; ExportArtifact.int8_backend)."""
     import torch
 
     if case.precision not in runner_class(case.backend).precisions:
@@ -90,8 +91,13 @@ def static_skip_reason(case: Case, device: str, export_precisions: list[str] | N
         if export_precisions is not None and case.precision not in export_precisions:
             flag = {"fp16": " --fp16", "int8": " --int8 dynamic"}.get(case.precision, "")
             return f"the export folder has no {case.precision} graphs; re-export with lga-export onnx{flag}"
+        if case.precision == "int8" and int8_backend == "ov":
+            return "the export's INT8 graph is an OpenVINO IR (--int8 ov): ov-int8 runs it"
         return None
     if case.backend == "ov":
+        if case.precision == "int8" and int8_backend != "ov" and export_precisions is not None:
+            return ("the export's INT8 graph is ONNX Runtime's (--int8 dynamic|static): ort-int8 runs it"
+                    if int8_backend else "the export folder has no INT8 graphs; re-export with lga-export onnx --int8 ov")
         return _openvino_problem(case.precision, device)
     if case.backend == "trt":
         if engines_dir is None:

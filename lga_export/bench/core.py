@@ -237,7 +237,8 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
         results_cases: dict[str, Any] = {}
         runnable = []
         for case in requested_cases(settings.backends, settings.precisions):
-            reason = static_skip_reason(case, device, artifact.precisions if artifact else None, settings.engines_dir)
+            reason = static_skip_reason(case, device, artifact.precisions if artifact else None, settings.engines_dir,
+                                        artifact.int8_backend if artifact else None)
             if case.label in settings.exclude and case != REFERENCE:
                 reason = "excluded with --exclude"
             if reason is None and case.backend in ("ort", "ov") and artifact is None:

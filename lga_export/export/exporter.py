@@ -15,7 +15,7 @@ from lga_export.artifact import EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, file_dig
 from lga_export.checkpoint import model_digest
 from lga_export.errors import LGAError, ValidationFailed
 from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, check_opset, convert_to_fp16, export_graph
-from lga_export.export.quantize import CALIBRATION_SAMPLES, int8_method, quantize_int8
+from lga_export.export.quantize import CALIBRATION_SAMPLES, int8_filename, int8_method, quantize_int8
 from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, dummy_inputs, graph_specs
 from lga_export.export.validate import failure_lines, validate_export
 from lga_export.export.wrappers import graph_modules
@@ -42,7 +42,7 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the export folder atomically; raise ValidationFailed (nothing written) on a failed check.
 
-    `int8`: False, True (the default method), 'dynamic' or 'static' (calibrated on
+    `int8`: False, True (the default method), 'dynamic', 'static' or 'ov' (both calibrated on
     `calibration_samples` training images of `data_root`; see export/quantize.py)."""
     int8_kind = int8_method(int8, calibration_samples)
     check_opset(opset)
@@ -73,11 +73,12 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
         quantization = None
         if int8_kind:
             image_spec = graph_specs(config)[1]
-            target = tmp / image_spec.filename("int8")
+            target = tmp / int8_filename(int8_kind, image_spec.name)
             quantization = quantize_int8(int8_kind, files["fp32"][IMAGE_GRAPH][0], target, config=config,
                                          text_graph=files["fp32"][TEXT_GRAPH][0], tokenizer_dir=tmp / TOKENIZER_DIR,
                                          data_root=data_root, count=calibration_samples, log=log)
-            files["int8"] = {TEXT_GRAPH: files["fp32"][TEXT_GRAPH], IMAGE_GRAPH: [target]}
+            weights = [target.with_suffix(".bin")] if target.suffix == ".xml" else []  # an OpenVINO IR's weights
+            files["int8"] = {TEXT_GRAPH: files["fp32"][TEXT_GRAPH], IMAGE_GRAPH: [target, *weights]}
         validation = None
         if validate:
             log(f"validating against PyTorch at batch {validation_batch} ...")

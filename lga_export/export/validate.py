@@ -18,6 +18,16 @@ from lga_export.runtime.registry import open_runner
 from lga_export.samples import validation_samples
 
 
+def _staged_runner(config, files: dict[str, Path], precision: str, tokenizer_dir: Path):
+    """ONNX Runtime for ONNX graphs, OpenVINO for an OpenVINO IR (`--int8 ov`); no caches, since
+    staged files are about to move."""
+    if any(Path(path).suffix == ".xml" for path in files.values()):
+        from lga_export.runtime.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(config, files, precision, tokenizer_dir=tokenizer_dir, cache_dir=False)
+    return OnnxRuntimeRunner(config, files, precision, low_memory=True, tokenizer_dir=tokenizer_dir)
+
+
 def validate_export(model, graphs: dict[str, dict[str, Path]], tokenizer_dir: Path, batch: int,
                     data_root: Path | None = None) -> dict[str, Any]:
     """Figures for every precision in `graphs` (precision -> graph name -> file); `passed` is
@@ -29,9 +39,9 @@ def validate_export(model, graphs: dict[str, dict[str, Path]], tokenizer_dir: Pa
     gc.collect()
     report: dict[str, Any] = {"batch": batch, "samples": names, "source": source, "results": {}}
     for precision, files in graphs.items():
-        with OnnxRuntimeRunner(model.config, files, precision, low_memory=True, tokenizer_dir=tokenizer_dir) as runner:
+        with _staged_runner(model.config, files, precision, tokenizer_dir) as runner:
             outputs = run_samples(runner, samples, batch, ref)
-            providers = runner.providers_in_use()
+            providers = runner.providers_in_use() if isinstance(runner, OnnxRuntimeRunner) else ["OpenVINO CPU"]
         pair = compare_outputs(ref, outputs, names, tolerance(precision), ("torch-fp32", runner.label))
         report["results"][precision] = {"providers": providers, **pair.to_dict(),
                                         "reference_masks_empty": pair.end_to_end.vacuous}

@@ -88,6 +88,9 @@ class OnnxRuntimeRunner(Runner):
         from lga_export.artifact import export_of
 
         artifact = export_of(source, model_digest, "ONNX Runtime")
+        if precision == "int8" and artifact.int8_backend == "ov":
+            raise LGAError(f"{artifact.folder}: its INT8 image graph is an OpenVINO IR (exported with --int8 ov); "
+                           f"run it with --backend ov, or re-export with --int8 dynamic for ONNX Runtime")
         graphs = {name: artifact.graph(name, precision) for name in cls.graph_names(artifact.config)}
         digests = {name: artifact.graph_digest(name, precision) for name in graphs}
         runner = cls(artifact.config, graphs, precision, providers=providers or default_providers(device),

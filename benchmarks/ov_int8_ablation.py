@@ -1,0 +1,131 @@
+"""Which layers the OpenVINO INT8 graph (`lga-export onnx --int8 ov`) keeps in FP32: quantise an
+export's FP32 image graph with several settings, each with the product's own quantiser
+(`quantize_openvino_int8`) and run by the `ov` backend at int8, against ONNX Runtime FP32 in
+the same run.
+
+    python benchmarks/ov_int8_ablation.py EXPORT_DIR --data DATA_ROOT [--calibration 32] [--val 16]
+           [--variants none,ffms+scopes+attention,product] [--out OUT.json]
+
+Agreement: per-sample mask Dice of the image graph's logits against ONNX Runtime FP32 on QaTa
+Val images (the export's own validation compares against PyTorch, end to end). Latency: image
+graph, batch 1, median of 3 after one warm-up, --threads threads. Prints one line per variant
+and writes the figures as JSON. Needs the int8 extra; vit_b needs about 7 GB per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lga_export.artifact import open_export  # noqa: E402
+from lga_export.export.quantize import SENSITIVE_SCOPES, calibration_set  # noqa: E402
+from lga_export.export.quantize_ov import FFM_SCOPE, OpenVinoInt8Settings, quantize_openvino_int8  # noqa: E402
+from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, image_feeds  # noqa: E402
+from lga_export.parity import compare  # noqa: E402
+from lga_export.runtime.host import cpu_identity  # noqa: E402
+from lga_export.runtime.openvino_runner import OpenVinoRunner  # noqa: E402
+from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
+from lga_export.runtime.pipeline import Segmenter  # noqa: E402
+from lga_export.samples import validation_samples  # noqa: E402
+
+# NNCF's own defaults, nothing kept FP32; every variant changes that in the named ways.
+NONE = OpenVinoInt8Settings(preset="PERFORMANCE", activation_ranges=None, exclude_scopes=(), weight_matmuls_only=False)
+SCOPES = tuple(SENSITIVE_SCOPES)  # patch embedding, neck, mask decoder
+IMAGE_UPDATE = r"^model\.ffms\.\d+\.image_update"
+VARIANTS = {
+    "none": NONE,
+    "sq": replace(NONE, smooth_quant=True),
+    "mixed": replace(NONE, preset="MIXED"),
+    "scopes": replace(NONE, exclude_scopes=SCOPES),
+    "attention": replace(NONE, weight_matmuls_only=True),
+    "scopes+attention": replace(NONE, exclude_scopes=SCOPES, weight_matmuls_only=True),
+    "image-update": replace(NONE, exclude_scopes=(IMAGE_UPDATE,)),
+    "image-attn": replace(NONE, exclude_scopes=(IMAGE_UPDATE + r"\.attn",)),
+    "text-update": replace(NONE, exclude_scopes=(r"^model\.ffms\.\d+\.text_update",)),
+    "ffms": replace(NONE, exclude_scopes=(FFM_SCOPE,)),
+    "ffms+scopes": replace(NONE, exclude_scopes=(FFM_SCOPE, *SCOPES)),
+    "ffms+scopes+attention": replace(NONE, exclude_scopes=(FFM_SCOPE, *SCOPES), weight_matmuls_only=True),
+    "ffms+scopes+attention+mixed": replace(NONE, exclude_scopes=(FFM_SCOPE, *SCOPES), weight_matmuls_only=True,
+                                           preset="MIXED"),
+    "ffms+scopes+attention+minmax": replace(NONE, exclude_scopes=(FFM_SCOPE, *SCOPES), weight_matmuls_only=True,
+                                            activation_ranges="MINMAX"),
+    "product": OpenVinoInt8Settings(),  # ffms+scopes+attention, MIXED, MINMAX
+}
+
+
+def median_latency(run, repeats: int = 3) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("export", type=Path)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--calibration", type=int, default=32)
+    parser.add_argument("--val", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or args.calibration < 1 or args.val < 1:
+        parser.error(f"unknown variants {unknown} (choose from {list(VARIANTS)}), or a count below 1")
+
+    art = open_export(args.export)
+    text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
+    calibration = calibration_set(art.config, text_graph, art.tokenizer_dir, args.calibration, args.data)
+    samples, source = validation_samples(args.val, args.data)
+    names = [s.name for s in samples]
+    with OnnxRuntimeRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: image_graph}, threads=args.threads,
+                           tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ort:
+        segmenter = Segmenter(ort)
+        feeds = [image_feeds(segmenter.image_batch([s.rgb]), segmenter.text_embeddings([s.text])) for s in samples]
+        reference = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
+        ort_ms = median_latency(lambda: ort.infer(IMAGE_GRAPH, feeds[0])) * 1000
+    model, flags = cpu_identity()
+    report = {"export": str(args.export), "preset": art.config.preset, "cpu": model, "threads": args.threads,
+              "vnni": [f for f in flags if "vnni" in f or "amx_int8" in f],
+              "calibration": calibration.to_dict(), "validation": {"source": source, "images": names},
+              "ort_fp32_ms": round(ort_ms, 1), "variants": {}}
+    print(f"{art.config.preset}: ORT FP32 image graph {ort_ms:.0f} ms; {len(calibration.feeds)} calibration, "
+          f"{len(names)} validation images; {model}", flush=True)
+    for name in variants:
+        with tempfile.TemporaryDirectory(prefix="lga-ov-int8-") as scratch:
+            target = Path(scratch) / "lga_image.int8.xml"
+            done = quantize_openvino_int8(image_graph, target, calibration.feeds, VARIANTS[name])
+            with OpenVinoRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: target}, "int8",
+                                threads=args.threads, tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ov:
+                output = np.concatenate([ov.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
+                ms = median_latency(lambda: ov.infer(IMAGE_GRAPH, feeds[0])) * 1000
+        parity = compare(reference, output, names, masks=True)
+        row = {"settings": vars(VARIANTS[name]), "quantize_s": done["seconds"], "excluded_nodes": len(done["excluded_nodes"]),
+               "ms": round(ms, 1), "vs_ort_fp32": round(ms / ort_ms, 3), "worst": round(parity.dice_worst, 4),
+               "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4)}
+        report["variants"][name] = row
+        print(f"  {name:30s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32; agreement worst {parity.dice_worst:.4f} "
+              f"mean {parity.dice_mean:.4f}; {len(done['excluded_nodes'])} nodes FP32; NNCF {done['seconds']:.0f} s",
+              flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=list))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""OpenVINO INT8 image graph (`lga-export onnx --int8 ov`): NNCF post-training quantisation of
+the FP32 image graph, written into the export folder as an OpenVINO IR (`lga_image.int8.xml` and
+`.bin`) that the `ov` backend runs at precision int8.
+
+Calibration runs in a child process (`python -m lga_export.export.quantize_ov`), so the memory
+NNCF takes is returned to the system before validation, and an out-of-memory kill becomes a
+one-line error instead of taking the export down. It quantises a copy of the graph with its
+batch fixed to 1: with the batch dynamic, OpenVINO's CPU plugin cannot plan memory ahead and
+NNCF's statistics pass on vit_b at 1024 px peaked at 15 GB with 4 images and 22 GB with 16;
+with the batch static it peaked at 6.9 GB with 4 or 16 images (2-core Xeon, 2026-11-30). The
+quantised graph gets its dynamic batch back before it is saved.
+
+What stays FP32, and why, is in `OpenVinoInt8Settings`; the manifest's `int8` entry records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lga_export.errors import LGAError
+from lga_export.export.quantize import SENSITIVE_SCOPES
+
+MISSING_NNCF = ('--int8 ov needs NNCF and OpenVINO; pip install "lga-export[int8]"')
+
+
+# The fusion modules (FFMs) stay FP32 as well as SENSITIVE_SCOPES: in the trained default model,
+# quantising the image half of the FFMs (the image tokens reading the single text token, scaled
+# by gamma) took the worst agreement over 32 QaTa Val images from 0.97 to 0.67. They carry a
+# small share of the FLOPs.
+FFM_SCOPE = r"^model\.ffms\."
+
+
+@dataclass(frozen=True)
+class OpenVinoInt8Settings:
+    """How the OpenVINO INT8 graph is made. The defaults are the measured best (issue #12,
+    `benchmarks/ov_int8_ablation.py` on the trained default model, 64 QaTa Train images for
+    calibration, worst / mean mask agreement with ONNX Runtime FP32 over 100 QaTa Val images,
+    2-core Xeon with VNNI, 2026-11-30):
+
+    - NNCF's defaults (symmetric activations, mean ranges, everything quantised): 0.67 / 0.94
+      (on 32 images);
+    - FFMs, patch embedding, neck, decoder and attention products FP32: 0.937 / 0.995;
+    - the same with asymmetric activations (MIXED) and global min/max ranges: 0.984 / 0.996, at
+      0.48x ONNX Runtime FP32 on the tiny image graph.
+
+    Smooth quant lowered agreement (vit_b, 16 images: 0.9745 with it, 0.9783 without) and is off."""
+
+    model_type: str = "TRANSFORMER"  # NNCF's transformer scheme: no quantiser after Softmax, etc.
+    preset: str = "MIXED"  # MIXED: asymmetric activations, symmetric weights; PERFORMANCE: all symmetric
+    activation_ranges: str | None = "MINMAX"  # a RangeEstimatorParametersSet name; None: NNCF's default
+    smooth_quant: bool = False
+    exclude_scopes: tuple[str, ...] = (FFM_SCOPE, *SENSITIVE_SCOPES)  # module paths kept FP32
+    weight_matmuls_only: bool = True  # attention's activation x activation MatMuls stay FP32
+    fast_bias_correction: bool = True
+
+
+def nncf_modules():
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as exc:
+        raise LGAError(MISSING_NNCF) from exc
+    return nncf, ov
+
+
+def excluded_nodes(source: Path, settings: OpenVinoInt8Settings) -> list[str]:
+    """ONNX node names kept FP32 (OpenVINO keeps them as its operations' friendly names)."""
+    import onnx
+
+    from lga_export.export.quantize import activation_matmuls, nodes_matching
+
+    if not settings.exclude_scopes and not settings.weight_matmuls_only:
+        return []
+    model = onnx.load(str(source), load_external_data=False)
+    names = [*(activation_matmuls(model) if settings.weight_matmuls_only else []),
+             *nodes_matching(model, settings.exclude_scopes, ("MatMul", "Gemm", "Conv"))]
+    return list(dict.fromkeys(names))
+
+
+def _with_batch(model, batch: int | None, ov) -> None:
+    """Fix (an int) or free (None) the first axis of every input, in place."""
+    shapes = {}
+    for port in model.inputs:
+        rest = list(port.get_partial_shape())[1:]
+        shapes[port.get_any_name()] = ov.PartialShape([ov.Dimension(-1 if batch is None else batch), *rest])
+    model.reshape(shapes)
+
+
+def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any]],
+                           settings: OpenVinoInt8Settings = OpenVinoInt8Settings()) -> dict[str, Any]:
+    """Write the IR `target` (.xml, with its .bin) from the FP32 ONNX graph `source`, calibrated on
+    `feeds` (image-graph feeds of batch 1); return what was done. Runs in this process."""
+    nncf, ov = nncf_modules()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    if not feeds:
+        raise LGAError("OpenVINO INT8 needs at least one calibration image")
+    ignored = excluded_nodes(source, settings)
+    model = ov.Core().read_model(str(source))
+    _with_batch(model, 1, ov)
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters() if settings.smooth_quant
+        else AdvancedSmoothQuantParameters(matmul=-1),
+        **({"activations_range_estimator_params": getattr(RangeEstimatorParametersSet, settings.activation_ranges)}
+           if settings.activation_ranges else {}))
+    start = time.perf_counter()
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=getattr(nncf.ModelType, settings.model_type),
+                              preset=getattr(nncf.QuantizationPreset, settings.preset),
+                              subset_size=len(feeds), fast_bias_correction=settings.fast_bias_correction,
+                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                              advanced_parameters=advanced)
+    seconds = time.perf_counter() - start
+    _with_batch(quantized, None, ov)
+    ov.save_model(quantized, str(target), compress_to_fp16=False)  # ignored layers keep FP32 weights
+    return {"seconds": round(seconds, 1), "excluded_nodes": ignored, "nncf": nncf.__version__,
+            "openvino": ov.get_version().split("-")[0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# The child process
+# ----------------------------------------------------------------------------------------------
+
+def _silence_native_stdout() -> None:
+    """OpenVINO's C++ side prints node names to file descriptor 1 while NNCF transforms the graph;
+    send that to /dev/null and keep Python's stdout (NNCF's progress bars) on the terminal."""
+    sys.stdout.flush()
+    python_stdout = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = os.fdopen(python_stdout, "w", buffering=1)
+
+
+def _child_main(argv: list[str] | None = None) -> int:
+    """Entry point of the calibration child: one JSON job in, one JSON result out."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("job", type=Path)
+    job = json.loads(parser.parse_args(argv).job.read_text())
+    _silence_native_stdout()
+    from lga_export.config import LGAConfig
+    from lga_export.export.quantize import calibration_set
+
+    config = LGAConfig.from_json(json.dumps(job["config"]))
+    calibration = calibration_set(config, Path(job["text_graph"]), Path(job["tokenizer_dir"]), job["count"],
+                                  Path(job["data_root"]) if job["data_root"] else None)
+    result = quantize_openvino_int8(Path(job["source"]), Path(job["target"]), calibration.feeds,
+                                    OpenVinoInt8Settings(**{k: tuple(v) if isinstance(v, list) else v
+                                                            for k, v in job["settings"].items()}))
+    result["calibration"] = calibration.to_dict()
+    Path(job["result"]).write_text(json.dumps(result))
+    return 0
+
+
+def _peak_child_memory_gb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 1)  # KiB on Linux
+
+
+def quantize_ov_int8(source: Path, target: Path, *, config, text_graph: Path, tokenizer_dir: Path,
+                     data_root: Path | None, count: int, settings: OpenVinoInt8Settings = OpenVinoInt8Settings(),
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The exporter's entry point: calibrate and quantise in a child process; return the
+    manifest's `int8` entry."""
+    nncf_modules()  # a missing extra is one line here, not a traceback in the child
+    with tempfile.TemporaryDirectory(prefix="lga-int8-ov-") as scratch:
+        job, result = Path(scratch) / "job.json", Path(scratch) / "result.json"
+        job.write_text(json.dumps({
+            "config": json.loads(config.to_json()), "source": str(source), "target": str(target),
+            "text_graph": str(text_graph), "tokenizer_dir": str(tokenizer_dir), "count": count,
+            "data_root": str(data_root) if data_root else None, "settings": asdict(settings), "result": str(result)}))
+        log(f"quantising the image graph to INT8 for OpenVINO (NNCF, {count} calibration images, in a child "
+            f"process) ...")
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "lga_export.export.quantize_ov", str(job)],
+                                   stderr=subprocess.PIPE, text=True,  # stdout: NNCF's progress bars
+                                   env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        try:
+            _, stderr = process.communicate()
+        except BaseException:  # Ctrl-C / SIGTERM of the export: do not leave the child running
+            process.kill()
+            process.wait()
+            raise
+        if process.returncode == -signal.SIGKILL:
+            raise LGAError(f"the OpenVINO INT8 calibration was killed (out of memory? it peaked at "
+                           f"{_peak_child_memory_gb()} GB); free memory, lower --calibration-samples, or use "
+                           f"--int8 dynamic")
+        if process.returncode != 0 or not result.is_file():
+            last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "no message")
+            raise LGAError(f"the OpenVINO INT8 calibration failed ({last.strip()[:300]}); try --int8 dynamic")
+        done = json.loads(result.read_text())
+    return {"method": "ov", "tool": "nncf.quantize", "runtime": "ov", "format": "OpenVINO IR",
+            "nncf": done["nncf"], "openvino": done["openvino"], "model_type": settings.model_type,
+            "weights": "INT8 per channel", "activations": "INT8, calibrated", "smooth_quant": settings.smooth_quant,
+            "fast_bias_correction": settings.fast_bias_correction,
+            "calibration": done["calibration"], "seconds": done["seconds"],
+            "wall_seconds": round(time.perf_counter() - start, 1), "peak_memory_gb": _peak_child_memory_gb(),
+            "excluded_scopes": list(settings.exclude_scopes), "weight_matmuls_only": settings.weight_matmuls_only,
+            "excluded_nodes": done["excluded_nodes"], "text_graph": "fp32"}
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
