@@ -169,3 +169,28 @@ def test_bench_recommends_the_fastest_cpu_case_that_passes_its_gate():
     assert rec["best"]["vs_ort_fp32"]["image_graph"] == pytest.approx(0.75)
     assert [c["label"] for c in rec["ranking"]] == ["ort-int8", "ov-bf16", "ort-fp32", "torch-fp32"]
     assert not rec["ranking"][0]["passed"]
+
+
+def test_caches_are_pruned_least_recently_used_first(tmp_path, monkeypatch):
+    import os
+
+    from lga_export.runtime.host import cache_limit_bytes, prune_cache, touch_cache_entry
+
+    root = tmp_path / "openvino"
+    root.mkdir()
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        entry = root / name
+        entry.mkdir()
+        (entry / "blob").write_bytes(b"x" * 1000)
+        os.utime(entry, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    (root / "file.onnx").write_bytes(b"y" * 1000)  # ONNX Runtime's cache entries are files
+    os.utime(root / "file.onnx", (0, 0))
+    touch_cache_entry(root / "oldest")  # just used: now the most recent
+    removed = prune_cache(root, keep=root / "newest", limit=2500)
+    assert [p.name for p in removed] == ["file.onnx", "middle"]
+    assert sorted(p.name for p in root.iterdir()) == ["newest", "oldest"]
+    assert prune_cache(root, keep=root / "newest", limit=0) == [root / "oldest"]  # never the entry in use
+    monkeypatch.setenv("LGA_EXPORT_CACHE_MAX_GB", "0.5")
+    assert cache_limit_bytes() == 2**29
+    monkeypatch.setenv("LGA_EXPORT_CACHE_MAX_GB", "lots")
+    assert cache_limit_bytes() == 8 * 2**30

@@ -131,3 +131,13 @@ def test_image_graph_is_compiled_per_batch_size_and_matches_single_runs(ov_expor
         assert runner.describe()["startup"][IMAGE_GRAPH]["static_batch"] is True
     np.testing.assert_allclose(pair, np.concatenate(single[:2]), atol=1e-4)
     np.testing.assert_allclose(triple, np.concatenate(single), atol=1e-4)
+
+
+def test_predict_int8_without_a_backend_runs_on_openvino(ov_export, image_folder, tmp_path):
+    from lga_export.predict import predict_files
+    from lga_export.runtime.registry import open_runner
+
+    assert open_runner(None, ov_export[0], "int8", activate=False).backend == "ov"
+    images, table = image_folder
+    written = predict_files(ov_export[0], images=images, text_file=table, out=tmp_path / "masks", precision="int8")
+    assert [p for p in written if p.name.endswith("_mask.png")]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -105,6 +106,7 @@ def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any
 
     if not feeds:
         raise LGAError("OpenVINO INT8 needs at least one calibration image")
+    nncf.set_log_level(logging.WARNING)  # its INFO lists every node it leaves alone, on stdout
     ignored = excluded_nodes(source, settings)
     model = ov.Core().read_model(str(source))
     _with_batch(model, 1, ov)
@@ -132,23 +134,11 @@ def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any
 # The child process
 # ----------------------------------------------------------------------------------------------
 
-def _silence_native_stdout() -> None:
-    """OpenVINO's C++ side prints node names to file descriptor 1 while NNCF transforms the graph;
-    send that to /dev/null and keep Python's stdout (NNCF's progress bars) on the terminal."""
-    sys.stdout.flush()
-    python_stdout = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-    sys.stdout = os.fdopen(python_stdout, "w", buffering=1)
-
-
 def _child_main(argv: list[str] | None = None) -> int:
     """Entry point of the calibration child: one JSON job in, one JSON result out."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("job", type=Path)
     job = json.loads(parser.parse_args(argv).job.read_text())
-    _silence_native_stdout()
     from lga_export.config import LGAConfig
     from lga_export.export.quantize import calibration_set
 

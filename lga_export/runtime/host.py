@@ -1,6 +1,7 @@
 """What a runner needs to know about the host it runs on: the CPU model and SIMD flags (which
 decide BF16/INT8 paths and are recorded beside every figure) and the per-user cache folder for
-compiled or optimised models (never inside an export folder)."""
+compiled or optimised models (never inside an export folder), kept under a size cap by removing
+the least recently used entries."""
 
 from __future__ import annotations
 
@@ -25,6 +26,60 @@ def ensure_cache_dir(folder: Path) -> Path | None:
         return folder if os.access(folder, os.W_OK) else None
     except OSError:
         return None
+
+
+DEFAULT_CACHE_LIMIT_GB = 8.0
+
+
+def cache_limit_bytes() -> int:
+    """The cap on each cache kind's size: $LGA_EXPORT_CACHE_MAX_GB (default 8 GB)."""
+    raw = os.environ.get("LGA_EXPORT_CACHE_MAX_GB", "")
+    try:
+        gigabytes = float(raw) if raw.strip() else DEFAULT_CACHE_LIMIT_GB
+    except ValueError:
+        gigabytes = DEFAULT_CACHE_LIMIT_GB
+    return int(max(gigabytes, 0.0) * 2**30)
+
+
+def _size(entry: Path) -> int:
+    if entry.is_file():
+        return entry.stat().st_size
+    return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+
+
+def touch_cache_entry(entry: Path) -> None:
+    """Mark a cache entry (file or folder) as just used: pruning removes the least recently used."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass
+
+
+def prune_cache(root: Path, keep: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Delete the least recently used entries directly under `root` until the rest fit in `limit`
+    bytes (default `cache_limit_bytes()`); never `keep`. Returns what was deleted. Caches are
+    rebuilt on demand, so a failure to delete is ignored."""
+    import shutil
+
+    limit = cache_limit_bytes() if limit is None else limit
+    try:
+        entries = [(p.stat().st_mtime, p, _size(p)) for p in root.iterdir()]
+    except OSError:
+        return []
+    total = sum(size for _, _, size in entries)
+    removed = []
+    for _, entry, size in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if keep is not None and entry == keep:
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(entry)
+    return removed
 
 
 def cpu_identity() -> tuple[str, list[str]]:

@@ -25,7 +25,7 @@ import numpy as np
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.runtime.base import Runner
-from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir
+from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, prune_cache, touch_cache_entry
 
 # Precision name -> OpenVINO's INFERENCE_PRECISION_HINT value (int8: what the INT8 IR left
 # unquantised runs in FP32).
@@ -163,6 +163,10 @@ class OpenVinoRunner(Runner):
                                   "static_batch": self._batch_only(name),
                                   "compiled_cache": None if folder is None else
                                   ("written" if set(folder.iterdir()) - before else "hit")}
+            if folder is not None:
+                touch_cache_entry(folder)
+                if self.startup[name]["compiled_cache"] == "written":
+                    prune_cache(folder.parent, keep=folder)
         if self.precision == "bf16" and self.fallback is None:
             used = {info["inference_precision"] for info in self.used.values()}
             if used != {"bf16"}:

@@ -25,7 +25,7 @@ import numpy as np
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.runtime.base import Runner
-from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir
+from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, prune_cache, touch_cache_entry
 
 
 def onnxruntime():
@@ -155,8 +155,10 @@ class OnnxRuntimeRunner(Runner):
         cached = self.optimized_model_path(name)
         if cached is not None and cached.is_file():
             try:
-                return ort.InferenceSession(str(cached), self.session_options(ort, optimized=True),
-                                            providers=self.requested), "hit"
+                session = ort.InferenceSession(str(cached), self.session_options(ort, optimized=True),
+                                               providers=self.requested)
+                touch_cache_entry(cached)
+                return session, "hit"
             except Exception:  # noqa: BLE001 - a damaged cache file is dropped and rebuilt from the graph
                 cached.unlink(missing_ok=True)
         options = self.session_options(ort)
@@ -181,6 +183,7 @@ class OnnxRuntimeRunner(Runner):
             return session, None
         try:
             os.replace(written, cached)  # atomic: a concurrent reader sees the old file or the new one
+            prune_cache(cached.parent, keep=cached)
             return session, "written"
         except OSError:
             written.unlink(missing_ok=True)

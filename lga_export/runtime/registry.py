@@ -53,8 +53,14 @@ def open_runner(backend: str | None, source: Any = None, precision: str = "fp32"
     """An (activated) runner of `backend` over `source`: a model, a checkpoint path, an export
     folder (or ExportArtifact), an engine folder, or None for the embedded default model.
 
-    `model_digest`: refuse an artefact of another model (the caller holds the model).
+    `model_digest`: refuse an artefact of another model (the caller holds the model). Without a
+    backend, INT8 runs on the backend the export's INT8 graph was made for (ov for `--int8 ov`).
     """
+    if backend is None and precision == "int8" and default_backend(source) == "ort":
+        from lga_export.artifact import export_of
+
+        source = export_of(source, model_digest)  # verified once here, handed on as it is
+        backend, model_digest = source.int8_backend or "ort", None
     backend = backend or default_backend(source)
     device = device or ("cuda" if backend == "trt" else "cpu")
     runner = runner_class(backend).from_source(source, precision=precision, device=device,
