@@ -109,8 +109,9 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 # What runs the model, shared by predict and serve (the runner factory's arguments).
 ModelOption = typer.Option(None, "--model", "-m", help="Export folder (ONNX Runtime), engine folder (TensorRT) or LGA "
                            "checkpoint (PyTorch); default: the embedded model.")
-BackendOption = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort, ov (OpenVINO on an export "
-                             "folder) or trt (default: the one that fits --model).")
+BackendOption = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort (ONNX Runtime) or ov "
+                             "(OpenVINO) on an export folder, or trt (default: the one that fits --model; for "
+                             "--precision int8, the one the export's INT8 graph was made for).")
 PrecisionOption = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and the export offer.")
 DebugOption = typer.Option(False, "--debug", help="Show the full traceback of an unforeseen error (same as LGA_DEBUG=1).")
 

@@ -141,3 +141,14 @@ def test_predict_int8_without_a_backend_runs_on_openvino(ov_export, image_folder
     images, table = image_folder
     written = predict_files(ov_export[0], images=images, text_file=table, out=tmp_path / "masks", precision="int8")
     assert [p for p in written if p.name.endswith("_mask.png")]
+
+
+def test_library_names_are_accepted_as_backends(ov_export):
+    from lga_export.bench.cases import parse_list, BACKENDS
+    from lga_export.runtime.registry import open_runner
+
+    assert open_runner("openvino", ov_export[0], "int8", activate=False).backend == "ov"
+    assert open_runner("ONNXRuntime", ov_export[0], activate=False).backend == "ort"
+    assert parse_list("openvino,ort,ov", BACKENDS, "backend") == ["ov", "ort"]
+    with pytest.raises(LGAError, match="unknown backend 'onnx'"):
+        open_runner("onnx", ov_export[0], activate=False)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from lga_export.errors import LGAError
 from lga_export.export.specs import PRECISIONS
-from lga_export.runtime.registry import RUNNERS, runner_class
+from lga_export.runtime.registry import RUNNERS, canonical_backend, runner_class
 
-BACKENDS = tuple(RUNNERS)
+BACKENDS = tuple(RUNNERS)  # --backends also takes the library names of registry.ALIASES
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ REFERENCE = Case("torch", "fp32")
 def parse_list(text: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], what: str) -> list[str]:
     """Comma list -> validated, de-duplicated list in the given order."""
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if allowed == BACKENDS:
+        items = [canonical_backend(t) for t in items]
     unknown = [t for t in items if t not in allowed]
     if unknown or not items:
         raise LGAError(f"unknown {what} {unknown or '(none given)'}; choose from {', '.join(allowed)}")

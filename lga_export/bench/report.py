@@ -189,6 +189,7 @@ def _cpu_settings_lines(results: dict[str, Any]) -> list[str]:
             layers = {g: v.get("compute_layers_by_precision") for g, v in (runner.get("compiled") or {}).items()}
             lines.append(f"- {label}: OpenVINO {runner.get('openvino')} on {runner.get('device')}, asked "
                          f"{runner['requested']}, inference precision used {runner.get('inference_precision')}"
+                         f"{' for the layers left unquantised' if case['precision'] == 'int8' else ''}"
                          f"{' - ' + runner['fallback'] if runner.get('fallback') else ''}; compute layers by runtime "
                          f"precision {layers}; CPU BF16 {runner.get('cpu_bf16', {}).get('cpu_flags') or 'none'}; "
                          f"compile: {startup}.")

@@ -24,10 +24,19 @@ RUNNERS: dict[str, str] = {
 }
 
 
+# Library names accepted for the short backend names (`--backend openvino` is `--backend ov`).
+ALIASES: dict[str, str] = {"pytorch": "torch", "onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}
+
+
+def canonical_backend(backend: str) -> str:
+    return ALIASES.get(backend.strip().lower(), backend.strip().lower())
+
+
 def runner_class(backend: str) -> type[Runner]:
-    target = RUNNERS.get(backend)
+    target = RUNNERS.get(canonical_backend(backend))
     if target is None:
-        raise LGAError(f"unknown backend {backend!r}; choose one of {', '.join(RUNNERS)}")
+        raise LGAError(f"unknown backend {backend!r}; choose one of {', '.join(RUNNERS)} (or openvino, onnxruntime, "
+                       f"tensorrt, pytorch)")
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -56,6 +65,7 @@ def open_runner(backend: str | None, source: Any = None, precision: str = "fp32"
     `model_digest`: refuse an artefact of another model (the caller holds the model). Without a
     backend, INT8 runs on the backend the export's INT8 graph was made for (ov for `--int8 ov`).
     """
+    backend = canonical_backend(backend) if backend else None
     if backend is None and precision == "int8" and default_backend(source) == "ort":
         from lga_export.artifact import export_of
 
