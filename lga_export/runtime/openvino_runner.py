@@ -262,7 +262,8 @@ class OpenVinoRunner(Runner):
     def infer_impl(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = next(iter(feeds.values())).shape[0] if self._batch_only(graph) else None
         _, request, outputs = self._compile(graph, batch)
-        request.infer(feeds)
+        # Synchronous: OpenVINO reads the caller's arrays in place and the outputs are copied once, here.
+        request.infer(feeds, share_inputs=True, share_outputs=True)
         return {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in enumerate(outputs)}
 
     def describe(self) -> dict[str, Any]:
