@@ -16,7 +16,7 @@ transformers.
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, 
 # Precision name -> OpenVINO's INFERENCE_PRECISION_HINT value (int8: what the INT8 IR left
 # unquantised runs in FP32).
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-MAX_BATCH_SIZES = 2  # compiled static-batch models kept per graph (each holds its own weights)
+MAX_STATIC_BATCHES = 2  # static-shape compilations per graph (each holds its own weights); then dynamic
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "Deconvolution", "GroupConvolution")
 
@@ -90,7 +90,7 @@ class OpenVinoRunner(Runner):
         self.graph_digests = dict(graph_digests or {})
         self.performance_hint = performance_hint
         self.core: Any = None
-        self.compiled: dict[str, OrderedDict] = {}  # graph -> batch (None: dynamic) -> (model, request, outputs)
+        self.compiled: dict[str, dict] = {}  # graph -> batch (None: dynamic) -> (model, request, outputs)
         self.used: dict[str, dict[str, Any]] = {}
         self.startup: dict[str, dict[str, Any]] = {}
         self.cache_folders: dict[str, Path | None] = {}
@@ -184,11 +184,15 @@ class OpenVinoRunner(Runner):
 
     def _compile(self, graph: str, batch: int | None) -> tuple[Any, Any, list[str]]:
         """(compiled model, infer request, output names) of `graph` at `batch` (None: dynamic),
-        compiled on first use; at most MAX_BATCH_SIZES static sizes per graph are kept."""
+        compiled on first use. The first MAX_STATIC_BATCHES sizes get static shapes; any other size
+        runs on one dynamic-shape model, so varying batches (serve's dynamic batching) never
+        recompile in a loop and memory stays bounded."""
         ov = openvino()
-        compiled_by_batch = self.compiled.setdefault(graph, OrderedDict())
+        compiled_by_batch = self.compiled.setdefault(graph, {})
+        if batch not in compiled_by_batch and batch is not None and \
+                sum(size is not None for size in compiled_by_batch) >= MAX_STATIC_BATCHES:
+            batch = None
         if batch in compiled_by_batch:
-            compiled_by_batch.move_to_end(batch)
             return compiled_by_batch[batch]
         path = self.graphs[graph]
         config = self.compile_config()
@@ -209,8 +213,6 @@ class OpenVinoRunner(Runner):
                            f"--force") from None
         entry = (compiled, compiled.create_infer_request(), [port.get_any_name() for port in compiled.outputs])
         compiled_by_batch[batch] = entry
-        while len(compiled_by_batch) > MAX_BATCH_SIZES:
-            compiled_by_batch.popitem(last=False)
         return entry
 
     def _check_model(self, graph: str, path: Path, model: Any) -> None:
