@@ -82,3 +82,35 @@ def test_lean_install_names_the_missing_extra(tmp_path):
     assert done.returncode == 2, done.stderr
     assert 'pip install "lga-export[export]"' in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def ov_int8_export(tmp_path_factory, default_model, data_root):
+    pytest.importorskip("nncf")
+    from lga_export.export.exporter import export_onnx
+
+    out = tmp_path_factory.mktemp("lean-int8") / "onnx"
+    export_onnx(default_model, out, int8="ov", calibration_samples=16, validation_batch=2, data_root=data_root,
+                log=lambda _: None)
+    return out
+
+
+def test_lean_install_runs_openvino_int8_without_nncf(ov_int8_export, image_folder, tmp_path):
+    """The INT8 IR is made with NNCF (export install) and run without it: OpenVINO alone."""
+    lean = _lean_bin()
+    probe = subprocess.run([str(LEAN / "bin" / "python"), "-c", "import nncf"], capture_output=True)
+    assert probe.returncode != 0
+    args = [*_predict_args(ov_int8_export, image_folder, tmp_path / "lean"), "--precision", "int8"]
+    done = subprocess.run([str(lean), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    from typer.testing import CliRunner
+
+    from lga_export.cli.main import app
+
+    full = CliRunner().invoke(app, [*_predict_args(ov_int8_export, image_folder, tmp_path / "full"), "--precision",
+                                    "int8", "--backend", "openvino"])
+    assert full.exit_code == 0, full.output
+    masks = sorted((tmp_path / "full").glob("*_mask.png"))
+    assert len(masks) == 3 and any(np.asarray(Image.open(m)).any() for m in masks)
+    for mask in masks:
+        assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "lean" / mask.name)))
