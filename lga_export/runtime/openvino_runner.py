@@ -175,7 +175,7 @@ class OpenVinoRunner(Runner):
     def _batch_only(self, graph: str) -> bool:
         """Whether batch is the graph's only dynamic axis (the image graph): such a graph is compiled
         per batch size, with static shapes. OpenVINO's CPU plugin plans memory ahead only for static
-        shapes: vit_b's image graph at batch 1 took 1.9 GB instead of 8.3 GB and ran 8% faster in FP32,
+        shapes: vit_b's image graph at batch 1 took 1.9 GB instead of 8.3 GB and ran 9% faster in FP32,
         15% in INT8 (2-core Xeon, 2026-11-30). The text graph's sequence length changes with every
         batch of reports, so it stays dynamic."""
         from lga_export.export.specs import BATCH
