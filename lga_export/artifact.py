@@ -27,6 +27,11 @@ REEXPORT = "re-export with lga-export onnx --force"
 REBUILD = "rebuild with lga-export trt --force"
 
 
+def is_openvino_ir(path: str | Path) -> bool:
+    """An OpenVINO IR (`--int8 ov`: .xml beside its .bin), which only the ov backend runs."""
+    return Path(path).suffix == ".xml"
+
+
 def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
     """A manifest as a dict, or a one-line error naming the file and the fix."""
     if not path.is_file():
@@ -122,7 +127,7 @@ class ExportArtifact:
 
     def graph_format(self, graph: str, precision: str) -> str:
         """'openvino-ir' for an OpenVINO IR (`--int8 ov`; only the ov backend runs it), else 'onnx'."""
-        return "openvino-ir" if str(self.graph_entry(graph, precision).get("file", "")).endswith(".xml") else "onnx"
+        return "openvino-ir" if is_openvino_ir(str(self.graph_entry(graph, precision).get("file", ""))) else "onnx"
 
     @property
     def int8_backend(self) -> str | None:

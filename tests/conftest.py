@@ -72,6 +72,25 @@ def default_model():
 
 
 @pytest.fixture(scope="session")
+def int8_export(default_model, data_root, tmp_path_factory):
+    """Factory: the default model exported with an INT8 image graph by `method` ('static' or
+    'ov'), calibrated on 32 training images and validated at batch 2 -> (folder, manifest). Each
+    method is exported once per session and shared by the modules that use it."""
+    from lga_export.export.exporter import export_onnx
+
+    made: dict[str, tuple[Path, dict]] = {}
+
+    def make(method: str) -> tuple[Path, dict]:
+        if method not in made:
+            out = tmp_path_factory.mktemp(f"int8-{method}") / "onnx"
+            made[method] = out, export_onnx(default_model, out, int8=method, calibration_samples=32,
+                                            validation_batch=2, data_root=data_root, log=lambda _: None)
+        return made[method]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def image_folder(tmp_path_factory, data_root) -> tuple[Path, Path]:
     """Three X-rays (QaTa when present, else built-in samples) as PNGs, and an LViT text table."""
     from PIL import Image

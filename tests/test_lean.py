@@ -85,14 +85,9 @@ def test_lean_install_names_the_missing_extra(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ov_int8_export(tmp_path_factory, default_model, data_root):
+def ov_int8_export(int8_export):
     pytest.importorskip("nncf")
-    from lga_export.export.exporter import export_onnx
-
-    out = tmp_path_factory.mktemp("lean-int8") / "onnx"
-    export_onnx(default_model, out, int8="ov", calibration_samples=16, validation_batch=2, data_root=data_root,
-                log=lambda _: None)
-    return out
+    return int8_export("ov")[0]
 
 
 def test_lean_install_runs_openvino_int8_without_nncf(ov_int8_export, image_folder, tmp_path):

@@ -20,14 +20,9 @@ pytest.importorskip("nncf")
 
 
 @pytest.fixture(scope="module")
-def ov_export(default_model, data_root, tmp_path_factory):
+def ov_export(int8_export):
     """The default model exported with an OpenVINO INT8 image graph, validated (batch 2)."""
-    from lga_export.export.exporter import export_onnx
-
-    out = tmp_path_factory.mktemp("ov-int8") / "onnx"
-    manifest = export_onnx(default_model, out, int8="ov", calibration_samples=32, validation_batch=2,
-                           data_root=data_root, log=lambda _: None)
-    return out, manifest
+    return int8_export("ov")
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +41,7 @@ def test_ov_int8_export_lists_the_ir_and_passes_validation(ov_export, data_root)
     assert int8["calibration"]["count"] == 32 and int8["peak_memory_gb"] > 0
     result = manifest["validation"]["results"]["int8"]
     assert result["passed"] and result["end_to_end"]["dice_worst"] >= tolerance("int8").min_dice
-    assert result["providers"] == ["OpenVINO CPU"]
+    assert result["providers"] == {TEXT_GRAPH: ["CPU"], IMAGE_GRAPH: ["CPU"]}
     assert not list(out.parent.glob(".*"))  # no staging folder left beside the export
 
 
@@ -149,10 +144,10 @@ def test_predict_int8_without_a_backend_runs_on_openvino(ov_export, image_folder
 
 def test_library_names_are_accepted_as_backends(ov_export):
     from lga_export.bench.cases import parse_list, BACKENDS
-    from lga_export.runtime.registry import open_runner
+    from lga_export.runtime.registry import canonical_backend, open_runner
 
     assert open_runner("openvino", ov_export[0], "int8", activate=False).backend == "ov"
     assert open_runner("ONNXRuntime", ov_export[0], activate=False).backend == "ort"
-    assert parse_list("openvino,ort,ov", BACKENDS, "backend") == ["ov", "ort"]
+    assert parse_list("openvino,ort,ov", BACKENDS, "backend", canonical_backend) == ["ov", "ort"]
     with pytest.raises(LGAError, match="unknown backend 'onnx'"):
         open_runner("onnx", ov_export[0], activate=False)

@@ -10,14 +10,9 @@ from lga_export.export.specs import IMAGE_GRAPH, tolerance
 
 
 @pytest.fixture(scope="module")
-def static_export(default_model, data_root, tmp_path_factory):
+def static_export(int8_export):
     """The default model exported with a statically quantised image graph, validated (batch 2)."""
-    from lga_export.export.exporter import export_onnx
-
-    out = tmp_path_factory.mktemp("int8") / "onnx"
-    manifest = export_onnx(default_model, out, int8="static", calibration_samples=32, validation_batch=2,
-                           data_root=data_root, log=lambda _: None)
-    return out, manifest
+    return int8_export("static")
 
 
 def test_static_int8_export_passes_validation_and_records_its_calibration(static_export, data_root):

@@ -7,13 +7,14 @@ from the runner factory like everywhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 from lga_export.errors import LGAError
 from lga_export.export.specs import PRECISIONS
-from lga_export.runtime.registry import RUNNERS, canonical_backend, runner_class
+from lga_export.runtime.registry import RUNNERS, runner_class
 
-BACKENDS = tuple(RUNNERS)  # --backends also takes the library names of registry.ALIASES
+BACKENDS = tuple(RUNNERS)
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,11 @@ class Case:
 REFERENCE = Case("torch", "fp32")
 
 
-def parse_list(text: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], what: str) -> list[str]:
-    """Comma list -> validated, de-duplicated list in the given order."""
-    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
-    if allowed == BACKENDS:
-        items = [canonical_backend(t) for t in items]
+def parse_list(text: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], what: str,
+               canonical: Callable[[str], str] = str.strip) -> list[str]:
+    """Comma list -> validated, de-duplicated list in the given order; `canonical` maps each item
+    to its allowed spelling first (backend aliases)."""
+    items = [canonical(t) for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     unknown = [t for t in items if t not in allowed]
     if unknown or not items:
         raise LGAError(f"unknown {what} {unknown or '(none given)'}; choose from {', '.join(allowed)}")

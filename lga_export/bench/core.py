@@ -29,6 +29,7 @@ from lga_export.fileio import atomic_dir
 from lga_export.metrics import score_logits
 from lga_export.runtime.comparator import Outputs, compare_outputs, run_samples
 from lga_export.runtime.pipeline import Segmenter
+from lga_export.runtime.registry import canonical_backend
 from lga_export.samples import check_data_root
 from lga_export.versions import library_versions
 
@@ -58,7 +59,7 @@ class BenchSettings:
     require_all: bool = False  # a requested case that cannot run fails the gates
 
     def checked(self) -> "BenchSettings":
-        self.backends = parse_list(self.backends, BACKENDS, "backend")
+        self.backends = parse_list(self.backends, BACKENDS, "backend", canonical_backend)  # aliases too
         self.precisions = parse_list(self.precisions, PRECISIONS, "precision")
         if not self.batches or any(b < 1 for b in self.batches):
             raise LGAError(f"--batch needs positive sizes, not {self.batches}")

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from lga_export.artifact import EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, file_digests
+from lga_export.artifact import EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, file_digests, is_openvino_ir
 from lga_export.checkpoint import model_digest
 from lga_export.errors import LGAError, ValidationFailed
 from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, check_opset, convert_to_fp16, export_graph
@@ -77,7 +77,7 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
             quantization = quantize_int8(int8_kind, files["fp32"][IMAGE_GRAPH][0], target, config=config,
                                          text_graph=files["fp32"][TEXT_GRAPH][0], tokenizer_dir=tmp / TOKENIZER_DIR,
                                          data_root=data_root, count=calibration_samples, log=log)
-            weights = [target.with_suffix(".bin")] if target.suffix == ".xml" else []  # an OpenVINO IR's weights
+            weights = [target.with_suffix(".bin")] if is_openvino_ir(target) else []  # an OpenVINO IR's weights
             files["int8"] = {TEXT_GRAPH: files["fp32"][TEXT_GRAPH], IMAGE_GRAPH: [target, *weights]}
         validation = None
         if validate:

@@ -244,6 +244,14 @@ def nodes_matching(model, patterns: Iterable[str], op_types: Iterable[str] = STA
             if node.op_type in ops and any(c.search(scopes.get(node.name, "")) for c in compiled)]
 
 
+def kept_fp32_nodes(model, scopes: Iterable[str], attention_products: bool,
+                    op_types: Iterable[str] = STATIC_OPS) -> list[str]:
+    """Node names an INT8 graph keeps in FP32: the `op_types` nodes under `scopes`, and with
+    `attention_products` the activation x activation MatMuls (ONNX Runtime and OpenVINO alike)."""
+    return list(dict.fromkeys([*(activation_matmuls(model) if attention_products else []),
+                               *nodes_matching(model, scopes, op_types)]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Static quantisation
 # ----------------------------------------------------------------------------------------------
@@ -274,9 +282,8 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet
     if not calibration.feeds:
         raise LGAError("static INT8 needs at least one calibration image")
     model = onnx.load(str(source), load_external_data=False)
-    excluded = list(dict.fromkeys([*(activation_matmuls(model) if settings.weight_matmuls_only else []),
-                                   *nodes_matching(model, settings.exclude_scopes, settings.op_types),
-                                   *exclude_nodes]))
+    excluded = list(dict.fromkeys([*kept_fp32_nodes(model, settings.exclude_scopes, settings.weight_matmuls_only,
+                                                    settings.op_types), *exclude_nodes]))
     scopes = node_scopes(model)
     del model
     # No CalibMaxIntermediateOutputs: ONNX Runtime 1.32's MinMax calibrator drops the collected

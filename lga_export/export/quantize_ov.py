@@ -77,23 +77,12 @@ def excluded_nodes(source: Path, settings: OpenVinoInt8Settings) -> list[str]:
     """ONNX node names kept FP32 (OpenVINO keeps them as its operations' friendly names)."""
     import onnx
 
-    from lga_export.export.quantize import activation_matmuls, nodes_matching
+    from lga_export.export.quantize import kept_fp32_nodes
 
     if not settings.exclude_scopes and not settings.weight_matmuls_only:
         return []
-    model = onnx.load(str(source), load_external_data=False)
-    names = [*(activation_matmuls(model) if settings.weight_matmuls_only else []),
-             *nodes_matching(model, settings.exclude_scopes, ("MatMul", "Gemm", "Conv"))]
-    return list(dict.fromkeys(names))
-
-
-def _with_batch(model, batch: int | None, ov) -> None:
-    """Fix (an int) or free (None) the first axis of every input, in place."""
-    shapes = {}
-    for port in model.inputs:
-        rest = list(port.get_partial_shape())[1:]
-        shapes[port.get_any_name()] = ov.PartialShape([ov.Dimension(-1 if batch is None else batch), *rest])
-    model.reshape(shapes)
+    return kept_fp32_nodes(onnx.load(str(source), load_external_data=False), settings.exclude_scopes,
+                           settings.weight_matmuls_only)
 
 
 def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any]],
@@ -101,6 +90,7 @@ def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any
     """Write the IR `target` (.xml, with its .bin) from the FP32 ONNX graph `source`, calibrated on
     `feeds` (image-graph feeds of batch 1); return what was done. Runs in this process."""
     nncf, ov = nncf_modules()
+    from lga_export.runtime.openvino_runner import with_batch
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     if not feeds:
@@ -108,7 +98,7 @@ def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any
     nncf.set_log_level(logging.WARNING)  # its INFO lists every node it leaves alone, on stdout
     ignored = excluded_nodes(source, settings)
     model = ov.Core().read_model(str(source))
-    _with_batch(model, 1, ov)
+    with_batch(model, 1)
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     advanced = AdvancedQuantizationParameters(
@@ -123,7 +113,7 @@ def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any
                               ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
                               advanced_parameters=advanced)
     seconds = time.perf_counter() - start
-    _with_batch(quantized, None, ov)
+    with_batch(quantized, None)
     ov.save_model(quantized, str(target), compress_to_fp16=False)  # ignored layers keep FP32 weights
     return {"seconds": round(seconds, 1), "excluded_nodes": ignored, "nncf": nncf.__version__,
             "openvino": ov.get_version().split("-")[0]}

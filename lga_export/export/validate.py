@@ -11,6 +11,7 @@ import gc
 from pathlib import Path
 from typing import Any
 
+from lga_export.artifact import is_openvino_ir
 from lga_export.export.specs import tolerance
 from lga_export.runtime.comparator import compare_outputs, run_samples
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner
@@ -21,7 +22,7 @@ from lga_export.samples import validation_samples
 def _staged_runner(config, files: dict[str, Path], precision: str, tokenizer_dir: Path):
     """ONNX Runtime for ONNX graphs, OpenVINO for an OpenVINO IR (`--int8 ov`); no caches, since
     staged files are about to move."""
-    if any(Path(path).suffix == ".xml" for path in files.values()):
+    if any(is_openvino_ir(path) for path in files.values()):
         from lga_export.runtime.openvino_runner import OpenVinoRunner
 
         return OpenVinoRunner(config, files, precision, tokenizer_dir=tokenizer_dir, cache_dir=False)
@@ -41,7 +42,7 @@ def validate_export(model, graphs: dict[str, dict[str, Path]], tokenizer_dir: Pa
     for precision, files in graphs.items():
         with _staged_runner(model.config, files, precision, tokenizer_dir) as runner:
             outputs = run_samples(runner, samples, batch, ref)
-            providers = runner.providers_in_use() if isinstance(runner, OnnxRuntimeRunner) else ["OpenVINO CPU"]
+            providers = runner.providers_in_use()
         pair = compare_outputs(ref, outputs, names, tolerance(precision), ("torch-fp32", runner.label))
         report["results"][precision] = {"providers": providers, **pair.to_dict(),
                                         "reference_masks_empty": pair.end_to_end.vacuous}

@@ -69,6 +69,25 @@ def _text(value: Any) -> Any:
     return name if isinstance(name, str) and name else str(value)
 
 
+def _batch_only(spec) -> bool:
+    """Whether batch is the graph's only dynamic axis (the image graph): such a graph is compiled
+    per batch size, with static shapes. OpenVINO's CPU plugin plans memory ahead only for static
+    shapes: vit_b's image graph at batch 1 took 1.9 GB instead of 8.3 GB and ran 9% faster in FP32,
+    15% in INT8 (2-core Xeon, 2026-11-30). The text graph's sequence length changes with every
+    batch of reports, so it stays dynamic."""
+    from lga_export.export.specs import BATCH
+
+    return all(set(t.dynamic_axes.values()) <= {BATCH} for t in spec.inputs)
+
+
+def with_batch(model: Any, batch: int | None) -> None:
+    """Fix (an int) or free (None) the first axis of every input of an ov.Model, in place."""
+    ov = openvino()
+    model.reshape({port.get_any_name(): ov.PartialShape([ov.Dimension(-1 if batch is None else batch),
+                                                         *list(port.get_partial_shape())[1:]])
+                   for port in model.inputs})
+
+
 class OpenVinoRunner(Runner):
     """`graphs`: graph name -> FP32 ONNX file of a verified export folder."""
 
@@ -89,6 +108,7 @@ class OpenVinoRunner(Runner):
         self.cache_dir = cache_dir
         self.graph_digests = dict(graph_digests or {})
         self.performance_hint = performance_hint
+        self.static_batch = {name: _batch_only(spec) for name, spec in self.specs.items()}
         self.core: Any = None
         self.compiled: dict[str, dict] = {}  # graph -> batch (None: dynamic) -> (model, request, outputs)
         self.used: dict[str, dict[str, Any]] = {}
@@ -157,10 +177,10 @@ class OpenVinoRunner(Runner):
             start = time.perf_counter()
             folder = self.cache_folders[name] = self.cache_folder(name)
             before = set(folder.iterdir()) if folder is not None else set()
-            compiled = self._compile(name, 1 if self._batch_only(name) else None)
+            compiled = self._compile(name, 1 if self.static_batch[name] else None)
             self.used[name] = self._what_runs(compiled[0])
             self.startup[name] = {"ms": round((time.perf_counter() - start) * 1000, 1),
-                                  "static_batch": self._batch_only(name),
+                                  "static_batch": self.static_batch[name],
                                   "compiled_cache": None if folder is None else
                                   ("written" if set(folder.iterdir()) - before else "hit")}
             if folder is not None:
@@ -172,22 +192,11 @@ class OpenVinoRunner(Runner):
             if used != {"bf16"}:
                 self.fallback = f"OpenVINO compiled the graphs with inference precision {sorted(used)}, not bf16"
 
-    def _batch_only(self, graph: str) -> bool:
-        """Whether batch is the graph's only dynamic axis (the image graph): such a graph is compiled
-        per batch size, with static shapes. OpenVINO's CPU plugin plans memory ahead only for static
-        shapes: vit_b's image graph at batch 1 took 1.9 GB instead of 8.3 GB and ran 9% faster in FP32,
-        15% in INT8 (2-core Xeon, 2026-11-30). The text graph's sequence length changes with every
-        batch of reports, so it stays dynamic."""
-        from lga_export.export.specs import BATCH
-
-        return all(set(t.dynamic_axes.values()) <= {BATCH} for t in self.specs[graph].inputs)
-
     def _compile(self, graph: str, batch: int | None) -> tuple[Any, Any, list[str]]:
         """(compiled model, infer request, output names) of `graph` at `batch` (None: dynamic),
         compiled on first use. The first MAX_STATIC_BATCHES sizes get static shapes; any other size
         runs on one dynamic-shape model, so varying batches (serve's dynamic batching) never
         recompile in a loop and memory stays bounded."""
-        ov = openvino()
         compiled_by_batch = self.compiled.setdefault(graph, {})
         if batch not in compiled_by_batch and batch is not None and \
                 sum(size is not None for size in compiled_by_batch) >= MAX_STATIC_BATCHES:
@@ -201,8 +210,7 @@ class OpenVinoRunner(Runner):
         try:
             model = self.core.read_model(str(path))
             if batch is not None:
-                model.reshape({port.get_any_name(): ov.PartialShape(
-                    [ov.Dimension(batch), *list(port.get_partial_shape())[1:]]) for port in model.inputs})
+                with_batch(model, batch)
             self._check_model(graph, path, model)
             compiled = self.core.compile_model(model, self.device, config)
         except LGAError:
@@ -262,11 +270,15 @@ class OpenVinoRunner(Runner):
     # -- running ----------------------------------------------------------------------------
 
     def infer_impl(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = next(iter(feeds.values())).shape[0] if self._batch_only(graph) else None
+        batch = next(iter(feeds.values())).shape[0] if self.static_batch[graph] else None
         _, request, outputs = self._compile(graph, batch)
         # Synchronous: OpenVINO reads the caller's arrays in place and the outputs are copied once, here.
         request.infer(feeds, share_inputs=True, share_outputs=True)
         return {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in enumerate(outputs)}
+
+    def providers_in_use(self) -> dict[str, list[str]]:
+        """Graph -> the devices OpenVINO really executes it on (as ONNX Runtime's runner reports)."""
+        return {graph: list(info.get("execution_devices") or []) for graph, info in self.used.items()}
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
