@@ -95,6 +95,60 @@ def test_ov_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(export_dir, monkeypatc
     assert "no fp16 path" in static_skip_reason(Case("ov", "fp16"), "cpu", None, None)
 
 
+def test_ov_compiles_with_other_settings_never_share_a_cached_blob(export_dir, samples, cache):
+    """Issue #20: OpenVINO's CACHE_DIR does not tell compiles apart by their properties, so an FP32
+    blob was imported for a BF16 compile (NaN logits). A compile with any other property (here the
+    thread count and performance hint, which every CPU has) must write its own entry, never hit."""
+    from lga_export.runtime.registry import open_runner
+
+    statuses = []
+    for options in ({"threads": 1}, {"threads": 2}, {"threads": 2, "performance_hint": "THROUGHPUT"},
+                    {"threads": 1}):
+        with open_runner("ov", export_dir, **options) as runner:
+            statuses.append(runner.describe()["startup"]["lga_image"]["compiled_cache"])
+    assert statuses == ["written", "written", "written", "hit"], statuses
+    folders = sorted(p.name for p in (cache / "openvino").iterdir() if p.name.startswith("lga_image"))
+    assert len(folders) == 3, folders
+
+
+def test_ov_cache_key_holds_everything_that_changes_the_compile(export_dir, cache):
+    from lga_export.runtime.openvino_runner import OpenVinoRunner
+    from lga_export.runtime.registry import open_runner
+
+    with open_runner("ov", export_dir, threads=1) as runner:
+        assert isinstance(runner, OpenVinoRunner)
+        config = runner.compile_config()
+        base = runner.cache_folder("lga_image", 1, config)
+        others = [runner.cache_folder("lga_image", 2, config), runner.cache_folder("lga_image", None, config),
+                  runner.cache_folder("lga_image", 1, {**config, "INFERENCE_PRECISION_HINT": "bf16"}),
+                  runner.cache_folder("lga_image", 1, {**config, "INFERENCE_NUM_THREADS": 2}),
+                  runner.cache_folder("lga_image", 1, {**config, "PERFORMANCE_HINT": "THROUGHPUT"})]
+    assert base is not None and len({base, *others}) == 6
+
+
+def test_ov_bf16_after_fp32_with_one_cache_root_is_correct(export_dir, samples, ort_reference, cache):
+    """The issue's reproduction: FP32 compiled first, its blob cached, then BF16 with the same cache
+    root. Needs a CPU with native BF16 (avx512_bf16 or amx_bf16) that OpenVINO lists as BF16-capable."""
+    from lga_export.runtime.openvino_runner import cpu_bf16_support, openvino
+    from lga_export.runtime.registry import open_runner
+
+    support = cpu_bf16_support(openvino().Core())
+    if not support["supported"]:
+        pytest.skip(f"this CPU has no native BF16 for OpenVINO (flags {support['cpu_flags']}, "
+                    f"capabilities {support['openvino_capabilities']})")
+    for precision in ("fp32", "bf16"):
+        with open_runner("ov", export_dir, precision, threads=2) as runner:
+            parity = _parity(runner, samples, ort_reference)
+            info = runner.describe()
+        assert info["startup"]["lga_image"]["compiled_cache"] == "written", (precision, info["startup"])
+        assert info["inference_precision"] == precision and info["fallback"] is None, info
+        assert parity.passed and parity.end_to_end.nonfinite == 0, (precision, parity.problems)
+    with open_runner("ov", export_dir, "bf16", threads=2) as runner:  # now read back from its own entry
+        parity = _parity(runner, samples, ort_reference)
+        assert runner.describe()["startup"]["lga_image"]["compiled_cache"] == "hit"
+    assert parity.passed and parity.end_to_end.nonfinite == 0, parity.problems
+
+
 def test_compiled_and_optimised_model_caches_live_outside_the_export(export_dir, cache):
     from lga_export.artifact import open_export
     from lga_export.runtime.registry import open_runner

@@ -9,12 +9,15 @@ FP32 and says so: `describe()` reports what was asked, what the compiled model r
 (its `INFERENCE_PRECISION_HINT`, execution devices, the runtime precision of its compute
 layers) and why it differs. Latency settings: `PERFORMANCE_HINT` LATENCY and
 `INFERENCE_NUM_THREADS` from the caller. Compiled models are cached in a per-user folder
-(never inside the export folder), keyed by the graph files' sha256. Imports neither torch nor
+(never inside the export folder), one folder per compile keyed by everything that changes what
+is built (`cache_key`: OpenVINO's own cache key ignores the precision hint). Imports neither torch nor
 transformers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -113,7 +116,8 @@ class OpenVinoRunner(Runner):
         self.compiled: dict[str, dict] = {}  # graph -> batch (None: dynamic) -> (model, request, outputs)
         self.used: dict[str, dict[str, Any]] = {}
         self.startup: dict[str, dict[str, Any]] = {}
-        self.cache_folders: dict[str, Path | None] = {}
+        self.cache_folders: dict[str, Path] = {}  # graph -> cache folder of its first compile
+        self.cache_status: dict[str, str] = {}  # graph -> 'hit' or 'written' (first compile)
         self.bf16: dict[str, Any] | None = None
         self.fallback: str | None = None
 
@@ -154,14 +158,29 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         return config
 
-    def cache_folder(self, graph: str) -> Path | None:
-        """Per graph content (sha256 of its files) and OpenVINO version, so a re-export into the
-        same folder never meets a compiled model of the old weights."""
+    def cache_key(self, graph: str, batch: int | None, config: dict[str, Any]) -> dict[str, Any] | None:
+        """Everything that changes what OpenVINO builds for `graph`: its files' sha256, the batch
+        (static size or dynamic), the device, the compile properties (precision hint, performance
+        hint, threads), the OpenVINO version and the CPU. OpenVINO's own cache does not separate
+        compiles by INFERENCE_PRECISION_HINT (2026.4.1: after an FP32 compile wrote its blob, a BF16
+        compile with the same CACHE_DIR imported it and returned NaN logits, issue #20), so every
+        distinct key gets a folder of its own. None when there is no cache for this graph."""
         digest = self.graph_digests.get(graph)
         if self.cache_dir is False or digest is None:
             return None
+        model, flags = cpu_identity()
+        return {"graph": graph, "graph_sha256": digest, "batch": batch, "device": self.device,
+                "openvino": openvino().get_version(), "properties": {k: str(v) for k, v in sorted(config.items())},
+                "cpu": model, "cpu_flags": flags}
+
+    def cache_folder(self, graph: str, batch: int | None, config: dict[str, Any]) -> Path | None:
+        """The compiled-model cache folder for one compile (see `cache_key`), private to the user."""
+        key = self.cache_key(graph, batch, config)
+        if key is None:
+            return None
         root = Path(self.cache_dir) if self.cache_dir else cache_root("openvino")
-        return ensure_cache_dir(root / f"{graph}-{digest[:24]}")
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return ensure_cache_dir(root / f"{graph}-{name}")
 
     def activate_impl(self) -> None:
         ov = openvino()
@@ -175,18 +194,11 @@ class OpenVinoRunner(Runner):
                                  "FP32 instead")
         for name in self.graphs:
             start = time.perf_counter()
-            folder = self.cache_folders[name] = self.cache_folder(name)
-            before = set(folder.iterdir()) if folder is not None else set()
             compiled = self._compile(name, 1 if self.static_batch[name] else None)
             self.used[name] = self._what_runs(compiled[0])
             self.startup[name] = {"ms": round((time.perf_counter() - start) * 1000, 1),
                                   "static_batch": self.static_batch[name],
-                                  "compiled_cache": None if folder is None else
-                                  ("written" if set(folder.iterdir()) - before else "hit")}
-            if folder is not None:
-                touch_cache_entry(folder)
-                if self.startup[name]["compiled_cache"] == "written":
-                    prune_cache(folder.parent, keep=folder)
+                                  "compiled_cache": self.cache_status.get(name)}
         if self.precision == "bf16" and self.fallback is None:
             used = {info["inference_precision"] for info in self.used.values()}
             if used != {"bf16"}:
@@ -205,8 +217,11 @@ class OpenVinoRunner(Runner):
             return compiled_by_batch[batch]
         path = self.graphs[graph]
         config = self.compile_config()
-        if self.cache_folders.get(graph) is not None:
-            config["CACHE_DIR"] = str(self.cache_folders[graph])
+        folder = self.cache_folder(graph, batch, config)
+        before = set(folder.iterdir()) if folder is not None else set()
+        if folder is not None:
+            config["CACHE_DIR"] = str(folder)
+            self.cache_folders.setdefault(graph, folder)
         try:
             model = self.core.read_model(str(path))
             if batch is not None:
@@ -219,6 +234,12 @@ class OpenVinoRunner(Runner):
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise LGAError(f"{path}: OpenVINO cannot compile it ({first}); re-export with lga-export onnx "
                            f"--force") from None
+        if folder is not None:
+            status = "written" if set(folder.iterdir()) - before else "hit"
+            self.cache_status.setdefault(graph, status)
+            touch_cache_entry(folder)
+            if status == "written":
+                prune_cache(folder.parent, keep=folder)
         entry = (compiled, compiled.create_infer_request(), [port.get_any_name() for port in compiled.outputs])
         compiled_by_batch[batch] = entry
         return entry
