@@ -30,8 +30,8 @@ def serve(
                                           "ray://HOST:PORT); default: start a local Ray instance."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray instance "
                                            "(default: all); ignored with --address."),
-    cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", help="CPUs reserved per replica (ONNX "
-                                           "Runtime also uses this many threads)."),
+    cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", help="CPUs reserved per replica (backends "
+                                           "that take a thread count, ONNX Runtime and OpenVINO, use this many)."),
     gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="GPUs per replica for CUDA backends "
                                            "(fractions share a GPU)."),
     max_request_mb: float = typer.Option(20.0, "--max-request-mb", help="Largest request body accepted (413 above)."),
@@ -55,7 +55,7 @@ def serve(
 
     if not 0 < port < 65536:
         raise LGAError(f"--port {port} is not a TCP port")
-    threads = max(1, int(cpus_per_replica))  # ONNX Runtime on CPU: the replica's share of cores
+    threads = max(1, int(cpus_per_replica))  # on the CPU: the replica's share of cores
     settings = ServeSettings(model=str(model) if model is not None else None, backend=backend, precision=precision,
                              device=device, threshold=threshold, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                              max_request_mb=max_request_mb, max_megapixels=max_megapixels, threads=threads)

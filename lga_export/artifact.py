@@ -130,13 +130,13 @@ class ExportArtifact:
         return "openvino-ir" if is_openvino_ir(str(self.graph_entry(graph, precision).get("file", ""))) else "onnx"
 
     @property
-    def int8_backend(self) -> str | None:
-        """The backend that runs this export's INT8 graphs: 'ov' for an OpenVINO IR, 'ort' for
-        ONNX, None without them."""
+    def int8_format(self) -> str | None:
+        """The format of this export's INT8 graphs: 'openvino-ir' when one is an OpenVINO IR,
+        'onnx' otherwise, None without them (`registry.int8_backend` names the backend that runs it)."""
         if "int8" not in self.precisions:
             return None
         formats = {self.graph_format(name, "int8") for name in self.manifest.get("graphs", {})}
-        return "ov" if "openvino-ir" in formats else "ort"
+        return "openvino-ir" if "openvino-ir" in formats else "onnx"
 
     def graph(self, graph: str, precision: str) -> Path:
         """The verified ONNX file of `graph` at `precision`."""

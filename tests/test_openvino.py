@@ -91,6 +91,9 @@ def test_ov_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(export_dir, monkeypatc
     assert info["precision"] == "bf16" and info["inference_precision"] == "fp32"
     assert "no native BF16" in info["fallback"]
     assert info["compiled"]["text_encoder"]["inference_precision_hint"] == "f32"
+    described = runner.description()  # the typed fields reports read
+    assert (described.precision, described.precision_in_use, described.fallback) == ("bf16", "fp32", info["fallback"])
+    assert described.on_cpu and "inference precision used fp32 - this CPU has no native BF16" in described.settings
     assert "no native BF16" in static_skip_reason(Case("ov", "bf16"), "cpu", None, None)
     assert "no fp16 path" in static_skip_reason(Case("ov", "fp16"), "cpu", None, None)
 
@@ -204,11 +207,13 @@ def test_predict_runs_on_openvino(export_dir, image_folder, tmp_path, cache):
 def test_bench_recommends_the_fastest_cpu_case_that_passes_its_gate():
     from lga_export.bench.report import recommendation, render_report  # noqa: F401
 
-    def case(backend, precision, e2e, image, worst):
+    from lga_export.runtime.base import RunnerDescription
+
+    def case(backend, precision, e2e, image, worst, on_cpu=True):
         parity = {"end_to_end": {"dice_worst": worst, "nonfinite": 0}, "text_encoder": {"nonfinite": 0}}
         latency = {"end_to_end": {"p50_ms": e2e}, "lga_image": {"p50_ms": image}, "text_encoder": {"p50_ms": 1.0}}
-        runner = {"providers_in_use": {"lga_image": ["CPUExecutionProvider"]}} if backend == "ort" else {}
-        return {"backend": backend, "precision": precision, "runner": runner,
+        description = RunnerDescription(backend, precision, precision, "cpu" if on_cpu else "cuda", on_cpu).to_dict()
+        return {"backend": backend, "precision": precision, "runner": {}, "description": description,
                 "batches": {"1": {"parity": parity, "latency": latency}}}
 
     results = {"machine": {"device": "cpu"}, "settings": {"min_dice_agreement": None}, "cases": {
@@ -216,6 +221,7 @@ def test_bench_recommends_the_fastest_cpu_case_that_passes_its_gate():
         "ort-fp32": case("ort", "fp32", 50.0, 40.0, 1.0),
         "ort-int8": case("ort", "int8", 30.0, 20.0, 0.95),  # fastest, but below the 0.98 gate
         "ov-bf16": case("ov", "bf16", 40.0, 30.0, 0.995),
+        "ort-fp16": case("ort", "fp16", 5.0, 4.0, 1.0, on_cpu=False),  # fastest, but its runner ran on CUDA
     }}
     rec = recommendation(results)
     assert rec["best"]["label"] == "ov-bf16"

@@ -47,10 +47,10 @@ def test_ov_int8_export_lists_the_ir_and_passes_validation(ov_export, data_root)
 
 def test_ov_runs_the_int8_ir_and_ort_refuses_it(ov_export, data_root):
     from lga_export.artifact import open_export
-    from lga_export.runtime.registry import open_runner
+    from lga_export.runtime.registry import int8_backend, open_runner
 
     out, _ = ov_export
-    assert open_export(out).int8_backend == "ov"
+    assert open_export(out).int8_format == "openvino-ir" and int8_backend(open_export(out)) == "ov"
     samples = validation_samples(4, data_root)[0]
     with open_runner("ort", out, cache_dir=False) as ort:
         reference = run_samples(ort, samples, 2)
@@ -139,7 +139,11 @@ def test_predict_int8_without_a_backend_runs_on_openvino(ov_export, image_folder
     assert open_runner(None, ov_export[0], "int8", activate=False).backend == "ov"
     images, table = image_folder
     written = predict_files(ov_export[0], images=images, text_file=table, out=tmp_path / "masks", precision="int8")
-    assert [p for p in written if p.name.endswith("_mask.png")]
+    explicit = predict_files(ov_export[0], images=images, text_file=table, out=tmp_path / "ov", precision="int8",
+                             backend="ov")
+    masks = [(a, b) for a, b in zip(written, explicit) if a.name.endswith("_mask.png")]
+    assert len(masks) == len(list(images.iterdir()))
+    assert all(a.read_bytes() == b.read_bytes() for a, b in masks)  # the very run of --backend ov
 
 
 def test_library_names_are_accepted_as_backends(ov_export):

@@ -21,7 +21,7 @@ from lga_export.artifact import REBUILD, TOKENIZER_DIR, EngineArtifact, manifest
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.export.specs import GRAPHS
-from lga_export.runtime.base import Runner
+from lga_export.runtime.base import ENGINES, Runner, RunnerDescription
 from lga_export.trt_engines.manifest import check_compatible, engine_label, verified_engine
 from lga_export.trt_engines.profiles import Profile, Shape, check_shapes, profile_from_json
 
@@ -140,7 +140,29 @@ class TensorRTRunner(Runner):
     """
 
     backend = "trt"
+    aliases = ("tensorrt",)
     precisions = ("fp32", "fp16")
+    default_device = "cuda"
+    sources = (ENGINES,)
+
+    @classmethod
+    def unavailable(cls, precision: str, device: str) -> str | None:
+        """No TensorRT, or no CUDA GPU, on this machine."""
+        try:
+            import tensorrt  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - ImportError or a broken install: both mean "not here"
+            return f"TensorRT is not importable ({type(exc).__name__}: {exc}); pip install \"lga-export[tensorrt]\""
+        import torch
+
+        if not torch.cuda.is_available():
+            return "TensorRT needs a CUDA GPU and torch sees none"
+        return None
+
+    @classmethod
+    def options_for(cls, precision: str, *, threads: int | None = None, providers: list[str] | None = None,
+                    onnx_dir: Path | None = None) -> dict[str, Any]:
+        """The export folder to check the engines' source ONNX against."""
+        return {"onnx_dir": onnx_dir}
 
     def __init__(self, config: LGAConfig, engines_dir: str | Path, artifacts: dict[str, EngineArtifact],
                  precision: str = "fp32", *, device: str = "cuda", onnx_dir: str | Path | None = None) -> None:
@@ -251,3 +273,7 @@ class TensorRTRunner(Runner):
                     engines={graph: engine_label(a.manifest) for graph, a in self.artifacts.items()},
                     onnx_dir=str(self.onnx_dir) if self.onnx_dir else None)
         return info
+
+    def description(self) -> RunnerDescription:
+        return RunnerDescription(self.backend, self.precision, self.precision, self.device_name, on_cpu=False,
+                                 providers={graph: ["TensorRT"] for graph in self.artifacts})

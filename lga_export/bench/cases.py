@@ -1,20 +1,21 @@
 """Which (backend, precision) pairs run here, and why the others do not.
 
-Nothing is dropped silently: every requested pair either runs or gets a reason. Runners come
-from the runner factory like everywhere else.
+Nothing is dropped silently: every requested pair either runs or gets a reason. The reasons
+come from what each runner class declares (precisions, sources, INT8 graph, `unavailable`),
+never from its name; runners come from the runner factory like everywhere else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Any, Callable
 
 from lga_export.errors import LGAError
-from lga_export.export.specs import PRECISIONS
-from lga_export.runtime.registry import RUNNERS, runner_class
+from lga_export.runtime.base import ENGINES, EXPORT
+from lga_export.runtime.registry import backend_names, int8_backend, runner_class, unavailable
 
-BACKENDS = tuple(RUNNERS)
+BACKENDS = backend_names()  # the built-in backends; BenchSettings checks against backend_names() at run time
 
 
 @dataclass(frozen=True)
@@ -48,62 +49,69 @@ def requested_cases(backends: list[str], precisions: list[str]) -> list[Case]:
     return cases
 
 
-def _tensorrt_problem() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install: both mean "not here"
-        return f"TensorRT is not importable ({type(exc).__name__}: {exc}); pip install \"lga-export[tensorrt]\""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "TensorRT needs a CUDA GPU and torch sees none"
-    return None
-
-
-def _openvino_problem(precision: str, device: str) -> str | None:
-    """OpenVINO runs here on the CPU; BF16 only where the CPU computes it natively (elsewhere the
-    runner would fall back to FP32, and a 'bf16' row of FP32 figures would mislead)."""
-    try:
-        import openvino  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install: both mean "not here"
-        return f"OpenVINO is not importable ({type(exc).__name__}: {exc}); pip install openvino"
-    if not device.startswith("cpu"):
-        return f"the OpenVINO backend runs on the CPU, and this run is on {device}"
-    if precision == "bf16":
-        from lga_export.runtime.openvino_runner import cpu_bf16_support
-
-        support = cpu_bf16_support()
-        if not support["supported"]:
-            return ("this CPU has no native BF16 (no avx512_bf16 or amx_bf16 flag): OpenVINO would run FP32")
+def _export_problem(cls: type, precision: str, export_precisions: list[str] | None,
+                    int8_owner: str | None) -> str | None:
+    """Why an export-backed backend cannot run `precision` from this export (None: it can)."""
+    if export_precisions is None:
+        return None
+    owner = runner_class(int8_owner) if int8_owner is not None else None
+    if precision == "int8" and owner is not None and owner.int8_format != cls.int8_format:
+        return (f"the export's INT8 graph is {owner.int8_graph} (--int8 {'|'.join(owner.int8_methods)}): "
+                f"{owner.backend}-int8 runs it")
+    stored = cls.stored_precision(precision)
+    if stored not in export_precisions:
+        flag = {"fp16": " --fp16", "int8": f" --int8 {(cls.int8_methods or ('dynamic',))[0]}"}.get(stored, "")
+        return f"the export folder has no {stored} graphs; re-export with lga-export onnx{flag}"
     return None
 
 
 def static_skip_reason(case: Case, device: str, export_precisions: list[str] | None,
                        engines_dir: Path | None, int8_backend: str | None = None) -> str | None:
-    """Why `case` cannot run here, known before anything is loaded (None: try it). `int8_backend`:
-    which backend runs the export's INT8 graph ('ort', 'ov'; ExportArtifact.int8_backend)."""
-    import torch
+    """Why `case` cannot run here, known before anything is loaded (None: try it), from what its
+    runner class declares. `int8_backend`: the backend that runs the export's INT8 graph
+    (`registry.int8_backend`)."""
+    cls = runner_class(case.backend)
+    if case.precision not in cls.precisions:
+        return unavailable(case.backend, case.precision, device)
+    if EXPORT in cls.sources:
+        problem = _export_problem(cls, case.precision, export_precisions, int8_backend)
+        if problem:
+            return problem
+    if ENGINES in cls.sources and engines_dir is None:
+        return "no --engines folder given (build engines with lga-export trt)"
+    return cls.unavailable(case.precision, device)
 
-    if case.precision not in runner_class(case.backend).precisions:
-        return f"backend {case.backend} has no {case.precision} path (it runs {runner_class(case.backend).precisions})"
-    if case.backend in ("torch", "torch-compile"):
-        if case.precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-            return "this GPU has no BF16 support"
-        return None
-    if case.backend == "ort":
-        if export_precisions is not None and case.precision not in export_precisions:
-            flag = {"fp16": " --fp16", "int8": " --int8 dynamic"}.get(case.precision, "")
-            return f"the export folder has no {case.precision} graphs; re-export with lga-export onnx{flag}"
-        if case.precision == "int8" and int8_backend == "ov":
-            return "the export's INT8 graph is an OpenVINO IR (--int8 ov): ov-int8 runs it"
-        return None
-    if case.backend == "ov":
-        if case.precision == "int8" and int8_backend != "ov" and export_precisions is not None:
-            return ("the export's INT8 graph is ONNX Runtime's (--int8 dynamic|static): ort-int8 runs it"
-                    if int8_backend else "the export folder has no INT8 graphs; re-export with lga-export onnx --int8 ov")
-        return _openvino_problem(case.precision, device)
-    if case.backend == "trt":
-        if engines_dir is None:
-            return "no --engines folder given (build engines with lga-export trt)"
-        return _tensorrt_problem()
-    return None
+
+def plan_cases(backends: list[str], precisions: list[str], device: str, artifact: Any, engines_dir: Path | None,
+               exclude: list[str], export_problem: str | None = None) -> tuple[list[Case], list[dict[str, str]]]:
+    """(cases to run, skipped cases with their reasons): the reference first, then every requested
+    pair that its runner class says can run here from these sources."""
+    owner = int8_backend(artifact) if artifact is not None else None
+    runnable, skipped = [], []
+    for case in requested_cases(backends, precisions):
+        reason = static_skip_reason(case, device, artifact.precisions if artifact else None, engines_dir, owner)
+        if case.label in exclude and case != REFERENCE:
+            reason = "excluded with --exclude"
+        if reason is None and EXPORT in runner_class(case.backend).sources and artifact is None:
+            reason = export_problem or "no ONNX export"
+        if reason:
+            skipped.append({"backend": case.backend, "precision": case.precision, "reason": reason})
+        else:
+            runnable.append(case)
+    return runnable, skipped
+
+
+def export_needs(backends: list[str], precisions: list[str], exclude: list[str]) -> tuple[set[str], bool]:
+    """(export precisions the requested export-backed cases read, whether one wants the dynamic
+    INT8 graph that lga-bench can make itself; calibrated INT8 needs an export given with --onnx)."""
+    needed: set[str] = set()
+    dynamic_int8 = False
+    for backend in backends:
+        cls = runner_class(backend)
+        if EXPORT not in cls.sources:
+            continue
+        for precision in precisions:
+            if precision in cls.precisions and f"{backend}-{precision}" not in exclude:
+                needed.add(cls.stored_precision(precision))
+                dynamic_int8 |= precision == "int8" and "dynamic" in cls.int8_methods
+    return needed, dynamic_int8

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lga_export.bench.cases import BACKENDS, REFERENCE, Case, parse_list, requested_cases, static_skip_reason
+from lga_export.bench.cases import REFERENCE, Case, export_needs, parse_list, plan_cases
 from lga_export.bench.gates import check_gates
 from lga_export.bench.machine import device_memory_mb, machine_info, peak_rss_mb
 from lga_export.bench.timing import measure
@@ -29,7 +29,8 @@ from lga_export.fileio import atomic_dir
 from lga_export.metrics import score_logits
 from lga_export.runtime.comparator import Outputs, compare_outputs, run_samples
 from lga_export.runtime.pipeline import Segmenter
-from lga_export.runtime.registry import canonical_backend
+from lga_export.runtime.base import CHECKPOINT, ENGINES, EXPORT
+from lga_export.runtime.registry import backend_names, canonical_backend, runner_class
 from lga_export.samples import check_data_root
 from lga_export.versions import library_versions
 
@@ -41,7 +42,7 @@ REPORT = "report.md"
 class BenchSettings:
     """What to run and how; the CLI options map one to one onto these fields."""
 
-    backends: list[str] = field(default_factory=lambda: ["torch", "torch-compile", "ort", "trt"])
+    backends: list[str] = field(default_factory=lambda: ["torch", "torch-compile", "ort", "ov", "trt"])  # as the CLI
     precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "bf16", "int8"])
     batches: list[int] = field(default_factory=lambda: [1, 2])
     samples: int = 8
@@ -59,7 +60,7 @@ class BenchSettings:
     require_all: bool = False  # a requested case that cannot run fails the gates
 
     def checked(self) -> "BenchSettings":
-        self.backends = parse_list(self.backends, BACKENDS, "backend", canonical_backend)  # aliases too
+        self.backends = parse_list(self.backends, backend_names(), "backend", canonical_backend)  # aliases too
         self.precisions = parse_list(self.precisions, PRECISIONS, "precision")
         if not self.batches or any(b < 1 for b in self.batches):
             raise LGAError(f"--batch needs positive sizes, not {self.batches}")
@@ -152,7 +153,8 @@ def _run_case(case: Case, runner, ctx: _Context, progress) -> dict[str, Any]:
         batches[str(batch)] = figures
         progress.update(1)
     entry: dict[str, Any] = {"backend": case.backend, "precision": case.precision, "runner": runner.describe(),
-                             "batches": batches, "peak_rss_mb_so_far": peak_rss_mb()}
+                             "description": runner.description().to_dict(), "batches": batches,
+                             "peak_rss_mb_so_far": peak_rss_mb()}
     if ctx.device.startswith("cuda"):
         entry["device_memory"] = device_memory_mb()
     return entry
@@ -166,33 +168,26 @@ def _prepare_export(model, settings: BenchSettings, onnx_dir: Path | None, diges
 
     if onnx_dir is not None:
         return open_export(onnx_dir, digest), None
-    wanted = ({p for p in settings.precisions if f"ort-{p}" not in settings.exclude}
-              if "ort" in settings.backends else set())
-    ov_wanted = "ov" in settings.backends and any(f"ov-{p}" not in settings.exclude for p in settings.precisions
-                                                  if p in ("fp32", "bf16"))  # OpenVINO reads the FP32 graphs
-    if not ov_wanted and not wanted & {"fp32", "fp16", "int8"}:
+    needed, dynamic_int8 = export_needs(settings.backends, settings.precisions, settings.exclude)
+    if not needed & {"fp32", "fp16"} and not dynamic_int8:
         return None, None
     from lga_export.export.exporter import export_onnx
 
     try:
-        export_onnx(model, tmp / "onnx", fp16="fp16" in wanted, int8="int8" in wanted, validate=False, log=log)
+        export_onnx(model, tmp / "onnx", fp16="fp16" in needed, int8=dynamic_int8, validate=False, log=log)
     except LGAError as exc:
         return None, f"ONNX export failed: {exc}"
     return open_export(tmp / "onnx", digest), None
 
 
 def _runner_options(case: Case, model, artifact, settings: BenchSettings, onnx_dir: Path | None) -> tuple[Any, dict]:
-    """(source, options) of the runner factory for `case`."""
-    if case.backend == "ort":
-        providers = settings.ort_providers
-        if case.precision == "int8":
-            providers = ["CPUExecutionProvider"]  # dynamic-quantisation ops are CPU kernels
-        return artifact, {"providers": providers, "threads": settings.threads}
-    if case.backend == "ov":
-        return artifact, {"threads": settings.threads}  # PERFORMANCE_HINT LATENCY is the runner's default
-    if case.backend == "trt":
-        return settings.engines_dir, {"onnx_dir": onnx_dir}
-    return model, {}
+    """(source, options) of the runner factory for `case`: the source its class opens, the
+    options it takes (threads, ONNX Runtime providers, the engines' export)."""
+    cls = runner_class(case.backend)
+    options = cls.options_for(case.precision, threads=settings.threads, providers=settings.ort_providers,
+                              onnx_dir=onnx_dir)
+    sources = {EXPORT: artifact, ENGINES: settings.engines_dir, CHECKPOINT: model}
+    return next(sources[kind] for kind in cls.sources if kind in sources), options
 
 
 def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = None, *,
@@ -234,20 +229,9 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
         log("counting image-graph FLOPs and measuring the ONNX Runtime MatMul peak ...")
         flops = image_graph_flops(model, batch=1)
         peak = matmul_peak(settings.matmul_size, threads)
-        skipped: list[dict[str, str]] = []
         results_cases: dict[str, Any] = {}
-        runnable = []
-        for case in requested_cases(settings.backends, settings.precisions):
-            reason = static_skip_reason(case, device, artifact.precisions if artifact else None, settings.engines_dir,
-                                        artifact.int8_backend if artifact else None)
-            if case.label in settings.exclude and case != REFERENCE:
-                reason = "excluded with --exclude"
-            if reason is None and case.backend in ("ort", "ov") and artifact is None:
-                reason = export_problem or "no ONNX export"
-            if reason:
-                skipped.append({"backend": case.backend, "precision": case.precision, "reason": reason})
-            else:
-                runnable.append(case)
+        runnable, skipped = plan_cases(settings.backends, settings.precisions, device, artifact,
+                                       settings.engines_dir, settings.exclude, export_problem)
         bar = tqdm(total=len(runnable) * len(settings.batches), desc="lga-bench", unit="case", file=sys.stderr,
                    disable=not progress)
         with bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, tolerance
+from lga_export.runtime.base import RunnerDescription
 
 PARTS = ((TEXT_GRAPH, "text graph"), (IMAGE_GRAPH, "image graph"), ("end_to_end", "end to end"))
 
@@ -68,14 +69,14 @@ def _compute_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _on_cpu(results: dict[str, Any], case: dict[str, Any]) -> bool:
-    """Whether a case ran on the CPU (every case of a CPU run; OpenVINO; ORT on the CPU provider only)."""
-    if case["backend"] == "ov":
-        return True
-    if case["backend"] == "ort":
-        used = case["runner"].get("providers_in_use") or {}
-        return bool(used) and all(providers == ["CPUExecutionProvider"] for providers in used.values())
-    return results["machine"].get("device", "cpu") == "cpu" and case["backend"] != "trt"
+def _description(case: dict[str, Any]) -> RunnerDescription:
+    """The typed description the case's runner gave of itself (`Runner.description`)."""
+    return RunnerDescription.from_dict(case["description"])
+
+
+def _on_cpu(case: dict[str, Any]) -> bool:
+    """Whether a case ran on the CPU, as its runner reported (ONNX Runtime: the CPU provider only)."""
+    return _description(case).on_cpu
 
 
 def recommendation(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -86,7 +87,7 @@ def recommendation(results: dict[str, Any]) -> dict[str, Any] | None:
     override = results.get("settings", {}).get("min_dice_agreement")
     candidates = []
     for label, case in results["cases"].items():
-        if not _on_cpu(results, case) or not case["batches"]:
+        if not _on_cpu(case) or not case["batches"]:
             continue
         gate = override if override is not None else tolerance(case["precision"]).min_dice
         worst = min((b["parity"]["end_to_end"]["dice_worst"] for b in case["batches"].values()
@@ -172,28 +173,11 @@ def _overhead_lines(results: dict[str, Any]) -> list[str]:
 
 
 def _cpu_settings_lines(results: dict[str, Any]) -> list[str]:
-    """The latency-relevant settings each CPU runtime really used (from the runners' describe())."""
-    lines = []
-    for label, case in results["cases"].items():
-        runner = case["runner"]
-        if case["backend"] == "ort" and runner.get("session_options"):
-            o = runner["session_options"]
-            startup = ", ".join(f"{g} {v['ms']:.0f} ms ({v['optimized_cache'] or 'no cache'})"
-                                for g, v in (runner.get("startup") or {}).items())
-            lines.append(f"- {label}: intra-op threads {o['intra_op_threads']}, spinning "
-                         f"{'on' if o['allow_spinning'] else 'off'}, graph optimisation {o['graph_optimization_level']}, "
-                         f"optimised-model cache {o['optimized_model_cache'] or 'off'}; session start-up: {startup}.")
-        elif case["backend"] == "ov":
-            startup = ", ".join(f"{g} {v['ms']:.0f} ms ({v['compiled_cache'] or 'no cache'})"
-                                for g, v in (runner.get("startup") or {}).items())
-            layers = {g: v.get("compute_layers_by_precision") for g, v in (runner.get("compiled") or {}).items()}
-            lines.append(f"- {label}: OpenVINO {runner.get('openvino')} on {runner.get('device')}, asked "
-                         f"{runner['requested']}, inference precision used {runner.get('inference_precision')}"
-                         f"{' for the layers left unquantised' if case['precision'] == 'int8' else ''}"
-                         f"{' - ' + runner['fallback'] if runner.get('fallback') else ''}; compute layers by runtime "
-                         f"precision {layers}; CPU BF16 {runner.get('cpu_bf16', {}).get('cpu_flags') or 'none'}; "
-                         f"compile: {startup}.")
-    return lines or ["- No ONNX Runtime or OpenVINO case ran."]
+    """The latency-relevant settings each CPU runtime really used, as its runner summed them up
+    (`RunnerDescription.settings`)."""
+    lines = [f"- {label}: {_description(case).settings}." for label, case in results["cases"].items()
+             if _description(case).settings]
+    return lines or ["- No case with runtime settings to report (ONNX Runtime, OpenVINO) ran."]
 
 
 def render_report(results: dict[str, Any]) -> str:

@@ -311,8 +311,12 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet
 
 
 def int8_filename(method: str, graph: str) -> str:
-    """The INT8 image graph's file: an OpenVINO IR for 'ov', else ONNX."""
-    return f"{graph}.int8.{'xml' if method == 'ov' else 'onnx'}"
+    """The INT8 image graph's file, in the format of the backend that runs `method`'s graph
+    (an OpenVINO IR for 'ov', ONNX for ONNX Runtime's methods)."""
+    from lga_export.runtime.base import GRAPH_SUFFIXES
+    from lga_export.runtime.registry import int8_format_of
+
+    return f"{graph}.int8.{GRAPH_SUFFIXES[int8_format_of(method)]}"
 
 
 def quantize_int8(method: str, source: Path, target: Path, *, config=None, text_graph: Path | None = None,
@@ -327,7 +331,10 @@ def quantize_int8(method: str, source: Path, target: Path, *, config=None, text_
         raise LGAError(f"unknown INT8 method {method!r}; choose {' or '.join(INT8_METHODS)}")
     if config is None or text_graph is None or tokenizer_dir is None:
         raise LGAError(f"{method} INT8 needs the model config, the FP32 text graph and the tokenizer")
-    if method == "ov":
+    from lga_export.runtime.base import OPENVINO_IR
+    from lga_export.runtime.registry import int8_format_of
+
+    if int8_format_of(method) == OPENVINO_IR:  # NNCF writes OpenVINO's IR
         from lga_export.export.quantize_ov import quantize_ov_int8
 
         return quantize_ov_int8(source, target, config=config, text_graph=text_graph, tokenizer_dir=tokenizer_dir,

@@ -4,11 +4,18 @@ A runner executes the two LGA graphs by their spec names on dicts of numpy array
 class owns the activation state and checks every feed against the graph spec (names, dtypes,
 ranks, dynamic sizes within their bounds) before the backend sees it, so subclasses only load
 (`activate_impl`) and run (`infer_impl`). Parity and latency are computed over runners.
+
+A runner class also declares what the rest of the code would otherwise guess from its name
+(the registry, serve, `predict --ray` and lga-bench ask these, never the name): its aliases,
+precisions, default device, the sources it opens, the INT8 graph it runs, how it takes a thread
+count and why it cannot run here; `description()` reports what an instance really runs on as
+typed fields.
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,11 +26,95 @@ from lga_export.errors import LGAError
 from lga_export.export.specs import GraphSpec, specs_by_name
 
 
+# The kinds of model source a runner opens (`Runner.sources`; `registry.source_kind` tells them apart).
+EXPORT = "export"  # an export folder of lga-export onnx (manifest.json), or an ExportArtifact
+ENGINES = "engines"  # an engine folder of lga-export trt (*.manifest.json)
+CHECKPOINT = "checkpoint"  # an LGA checkpoint file, an in-memory model, or None (the embedded model)
+# The formats of an export's INT8 image graph (`Runner.int8_format`, ExportArtifact.int8_format).
+ONNX = "onnx"
+OPENVINO_IR = "openvino-ir"
+GRAPH_SUFFIXES = {ONNX: "onnx", OPENVINO_IR: "xml"}  # format -> the graph file's suffix (an IR has a .bin too)
+
+
+@dataclass(frozen=True)
+class RunnerDescription:
+    """What a runner really runs on, as fields (reports read these, not `describe()`'s layout).
+
+    `providers`: graph -> what executes it (ONNX Runtime providers, OpenVINO devices, ...);
+    `precision_in_use`: what the compute really runs in (fp32 when a bf16 request fell back);
+    `settings`: one line of the latency-relevant settings a CPU report shows (None: nothing to show)."""
+
+    backend: str
+    precision: str
+    precision_in_use: str
+    device: str
+    on_cpu: bool
+    providers: dict[str, list[str]] = field(default_factory=dict)
+    threads: int | None = None
+    fallback: str | None = None
+    settings: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunnerDescription":
+        """Back from results.json; refuses a dict that lacks a field (a report of another version)."""
+        names = {f.name for f in fields(cls)}
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise LGAError(f"runner description without {missing}; rerun lga-bench with this lga-export")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 class Runner(abc.ABC):
     """activate / infer / deactivate, usable as a context manager."""
 
     backend: ClassVar[str] = "abstract"
+    aliases: ClassVar[tuple[str, ...]] = ()  # other accepted names (`--backend openvino` is ov)
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    default_device: ClassVar[str] = "cpu"
+    sources: ClassVar[tuple[str, ...]] = ()  # EXPORT, ENGINES, CHECKPOINT: what `from_source` opens
+    # The export's INT8 graph this backend runs: its format (ONNX, OPENVINO_IR; None: no INT8 from an
+    # export), its name in messages, and the `lga-export onnx --int8` methods that write it.
+    int8_format: ClassVar[str | None] = None
+    int8_graph: ClassVar[str] = ""
+    int8_methods: ClassVar[tuple[str, ...]] = ()
+    thread_option: ClassVar[str | None] = None  # the `from_source` keyword taking a thread count (None: none)
+
+    @classmethod
+    def stored_precision(cls, precision: str) -> str:
+        """The precision of the export graphs that `precision` runs on (OpenVINO's bf16 reads fp32)."""
+        return precision
+
+    @classmethod
+    def unavailable(cls, precision: str, device: str) -> str | None:
+        """Why this backend cannot run `precision` on `device` here (None: it can), known before
+        anything is loaded: a library missing, no GPU, no native BF16."""
+        return None
+
+    @classmethod
+    def thread_options(cls, threads: int | None) -> dict[str, Any]:
+        """The `from_source` options that give it `threads` CPU threads ({}: it takes none)."""
+        return {cls.thread_option: int(threads)} if cls.thread_option and threads else {}
+
+    @classmethod
+    def options_for(cls, precision: str, *, threads: int | None = None, providers: list[str] | None = None,
+                    onnx_dir: Path | None = None) -> dict[str, Any]:
+        """`from_source` options for a benchmark run: the ones of these this backend takes."""
+        return cls.thread_options(threads)
+
+    @classmethod
+    def verify_source(cls, source: Any, precision: str, device: str) -> None:
+        """Check `source` before workers open it (serve, `predict --ray`): by default open it
+        without activating, which verifies the files and loads nothing."""
+        cls.from_source(source, precision=precision, device=device)
+
+    @classmethod
+    def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
+                    model_digest: str | None = None, **options: Any) -> "Runner":
+        raise LGAError(f"backend {cls.backend} declares no from_source; give its runner class one")
 
     def __init__(self, config: LGAConfig, precision: str = "fp32") -> None:
         if precision not in self.precisions:
@@ -87,8 +178,13 @@ class Runner(abc.ABC):
         """Wait for queued device work (GPU backends); latency timers call it."""
 
     def describe(self) -> dict[str, Any]:
-        """What this runner really runs on (providers in use, device, precision)."""
+        """What this runner really runs on, with every backend-specific detail (results.json)."""
         return {"backend": self.backend, "precision": self.precision}
+
+    def description(self) -> RunnerDescription:
+        """The typed fields every backend reports (override: what really runs)."""
+        return RunnerDescription(self.backend, self.precision, self.precision, self.default_device,
+                                 on_cpu=self.default_device == "cpu")
 
     @property
     def label(self) -> str:

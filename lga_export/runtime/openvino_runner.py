@@ -27,7 +27,7 @@ import numpy as np
 
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
-from lga_export.runtime.base import Runner
+from lga_export.runtime.base import EXPORT, OPENVINO_IR, Runner, RunnerDescription
 from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, prune_cache, touch_cache_entry
 
 # Precision name -> OpenVINO's INFERENCE_PRECISION_HINT value (int8: what the INT8 IR left
@@ -95,7 +95,32 @@ class OpenVinoRunner(Runner):
     """`graphs`: graph name -> FP32 ONNX file of a verified export folder."""
 
     backend = "ov"
+    aliases = ("openvino",)
     precisions = ("fp32", "bf16", "int8")
+    sources = (EXPORT,)  # the FP32 ONNX graphs, and at int8 the OpenVINO IR inside the export
+    int8_format = OPENVINO_IR  # lga_image.int8.xml/.bin
+    int8_graph = "an OpenVINO IR"
+    int8_methods = ("ov",)
+    thread_option = "threads"  # INFERENCE_NUM_THREADS
+
+    @classmethod
+    def stored_precision(cls, precision: str) -> str:
+        """fp32 and bf16 read the FP32 graphs (BF16 is an inference hint), int8 the INT8 IR."""
+        return "int8" if precision == "int8" else "fp32"
+
+    @classmethod
+    def unavailable(cls, precision: str, device: str) -> str | None:
+        """OpenVINO runs here on the CPU; BF16 only where the CPU computes it natively (elsewhere the
+        runner would fall back to FP32, and a 'bf16' row of FP32 figures would mislead)."""
+        try:
+            import openvino  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - ImportError or a broken install: both mean "not here"
+            return f"OpenVINO is not importable ({type(exc).__name__}: {exc}); pip install openvino"
+        if not device.startswith("cpu"):
+            return f"the OpenVINO backend runs on the CPU, and this run is on {device}"
+        if precision == "bf16" and not cpu_bf16_support()["supported"]:
+            return "this CPU has no native BF16 (no avx512_bf16 or amx_bf16 flag): OpenVINO would run FP32"
+        return None
 
     def __init__(self, config: LGAConfig, graphs: dict[str, Path], precision: str = "fp32", *,
                  threads: int | None = None, device: str = "CPU", tokenizer_dir: Path | None = None,
@@ -133,13 +158,15 @@ class OpenVinoRunner(Runner):
             raise LGAError(f"the OpenVINO backend runs on the CPU here, not {device}; use --device cpu")
         from lga_export.export.specs import specs_by_name
 
-        stored = "fp32"
-        if precision == "int8":
-            if artifact.int8_backend != "ov":
-                found = "has no INT8 graphs" if artifact.int8_backend is None else "holds ONNX Runtime's INT8 graph"
-                raise LGAError(f"{artifact.folder} {found}; OpenVINO runs the INT8 graph of lga-export onnx --int8 ov "
-                               f"(re-export with it{'' if artifact.int8_backend is None else ', or use --backend ort'})")
-            stored = "int8"
+        stored = cls.stored_precision(precision)
+        if precision == "int8" and artifact.int8_format != cls.int8_format:
+            from lga_export.runtime.registry import int8_backend, runner_class
+
+            owner = int8_backend(artifact) if artifact.int8_format else None
+            found = (f"holds {runner_class(owner).int8_graph} INT8 graph" if owner else
+                     "has no INT8 graphs" if artifact.int8_format is None else "holds another backend's INT8 graph")
+            raise LGAError(f"{artifact.folder} {found}; OpenVINO runs the INT8 graph of lga-export onnx --int8 ov "
+                           f"(re-export with it{', or use --backend ' + owner if owner else ''})")
         names = list(specs_by_name(artifact.config))
         graphs = {name: artifact.graph(name, stored) for name in names}
         digests = {name: artifact.graph_digest(name, stored) for name in names}
@@ -314,3 +341,20 @@ class OpenVinoRunner(Runner):
                     compiled_model_cache=next((str(f.parent) for f in self.cache_folders.values() if f), None),
                     startup=self.startup)
         return info
+
+    def description(self) -> RunnerDescription:
+        in_use = "fp32" if self.fallback else self.precision
+        return RunnerDescription(self.backend, self.precision, in_use, self.device.lower(), on_cpu=True,
+                                 providers=self.providers_in_use(), threads=self.threads, fallback=self.fallback,
+                                 settings=self.settings_line())
+
+    def settings_line(self) -> str:
+        """What OpenVINO was asked and really used (precision, layers, BF16, compile), for lga-bench's report."""
+        info = self.describe()
+        startup = ", ".join(f"{g} {v['ms']:.0f} ms ({v['compiled_cache'] or 'no cache'})"
+                            for g, v in self.startup.items())
+        layers = {g: v.get("compute_layers_by_precision") for g, v in self.used.items()}
+        return (f"OpenVINO {info['openvino']} on {self.device}, asked {info['requested']}, inference precision used "
+                f"{info['inference_precision']}{' for the layers left unquantised' if self.precision == 'int8' else ''}"
+                f"{' - ' + self.fallback if self.fallback else ''}; compute layers by runtime precision {layers}; "
+                f"CPU BF16 {info['cpu_bf16'].get('cpu_flags') or 'none'}; compile: {startup}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
-from lga_export.runtime.base import Runner
+from lga_export.runtime.base import EXPORT, ONNX, Runner, RunnerDescription
 from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, prune_cache, touch_cache_entry
 
 
@@ -53,7 +53,13 @@ class OnnxRuntimeRunner(Runner):
     """`graphs`: graph name -> ONNX file (from a verified export folder, or staged by the exporter)."""
 
     backend = "ort"
+    aliases = ("onnxruntime",)
     precisions = ("fp32", "fp16", "int8")
+    sources = (EXPORT,)
+    int8_format = ONNX  # lga_image.int8.onnx
+    int8_graph = "ONNX Runtime's"
+    int8_methods = ("dynamic", "static")
+    thread_option = "threads"
 
     def __init__(self, config: LGAConfig, graphs: dict[str, Path], precision: str = "fp32", *,
                  providers: list[str] | None = None, threads: int | None = None, low_memory: bool = False,
@@ -88,15 +94,33 @@ class OnnxRuntimeRunner(Runner):
         from lga_export.artifact import export_of
 
         artifact = export_of(source, model_digest, "ONNX Runtime")
-        if precision == "int8" and artifact.int8_backend == "ov":
-            raise LGAError(f"{artifact.folder}: its INT8 image graph is an OpenVINO IR (exported with --int8 ov); "
-                           f"run it with --backend ov, or re-export with --int8 dynamic for ONNX Runtime")
+        if precision == "int8" and artifact.int8_format not in (None, cls.int8_format):
+            from lga_export.runtime.registry import int8_backend, runner_class
+
+            owner = int8_backend(artifact)
+            graph = runner_class(owner).int8_graph if owner else artifact.int8_format
+            raise LGAError(f"{artifact.folder}: its INT8 image graph is {graph}, not ONNX Runtime's; run it with "
+                           f"--backend {owner}, or re-export with --int8 dynamic for ONNX Runtime")
         graphs = {name: artifact.graph(name, precision) for name in cls.graph_names(artifact.config)}
         digests = {name: artifact.graph_digest(name, precision) for name in graphs}
         runner = cls(artifact.config, graphs, precision, providers=providers or default_providers(device),
                      tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests, **options)
         runner._model_digest = artifact.model_digest
         return runner
+
+    @classmethod
+    def unavailable(cls, precision: str, device: str) -> str | None:
+        try:
+            onnxruntime()
+        except LGAError as exc:
+            return str(exc)
+        return None
+
+    @classmethod
+    def options_for(cls, precision: str, *, threads: int | None = None, providers: list[str] | None = None,
+                    onnx_dir: Path | None = None) -> dict[str, Any]:
+        """Threads and providers; INT8 on the CPU provider (dynamic-quantisation ops are CPU kernels)."""
+        return {"providers": ["CPUExecutionProvider"] if precision == "int8" else providers, "threads": threads}
 
     @staticmethod
     def graph_names(config: LGAConfig) -> list[str]:
@@ -238,3 +262,18 @@ class OnnxRuntimeRunner(Runner):
                     graphs={name: path.name for name, path in self.graphs.items()},
                     session_options=self.session_settings(), startup=self.startup)
         return info
+
+    def description(self) -> RunnerDescription:
+        used = self.providers_in_use()
+        on_cpu = bool(used) and all(providers == ["CPUExecutionProvider"] for providers in used.values())
+        return RunnerDescription(self.backend, self.precision, self.precision, "cpu" if on_cpu else "cuda",
+                                 on_cpu=on_cpu, providers=used, threads=self.threads, settings=self.settings_line())
+
+    def settings_line(self) -> str:
+        """The session options and start-up this runner really used, for lga-bench's report."""
+        o = self.session_settings()
+        startup = ", ".join(f"{g} {v['ms']:.0f} ms ({v['optimized_cache'] or 'no cache'})"
+                            for g, v in self.startup.items())
+        return (f"intra-op threads {o['intra_op_threads']}, spinning {'on' if o['allow_spinning'] else 'off'}, graph "
+                f"optimisation {o['graph_optimization_level']}, optimised-model cache "
+                f"{o['optimized_model_cache'] or 'off'}; session start-up: {startup}")

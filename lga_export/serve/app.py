@@ -66,7 +66,7 @@ class ServeSettings:
     batch_wait_ms: float = 10.0
     max_request_mb: float = 20.0
     max_megapixels: float = 25.0
-    threads: int | None = None  # ONNX Runtime intra-op threads per replica (None: its default)
+    threads: int | None = None  # CPU threads per replica, for backends that take a count (None: their default)
 
     @property
     def max_bytes(self) -> int:
@@ -185,13 +185,12 @@ class LGADeployment:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         from lga_export.runtime.pipeline import Segmenter
-        from lga_export.runtime.registry import open_runner
+        from lga_export.runtime.registry import open_runner, thread_options
         from lga_export.serve.codec import model_identity
 
         self.settings = ServeSettings(**settings)
         s = self.settings
-        options = {"threads": s.threads} if s.backend == "ort" and s.threads else {}
-        self.runner = open_runner(s.backend, s.model, s.precision, s.device, **options)
+        self.runner = open_runner(s.backend, s.model, s.precision, s.device, **thread_options(s.backend, s.threads))
         self.segmenter = Segmenter(self.runner)
         self.identity = model_identity(self.runner, s.model)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="lga-infer")

@@ -75,6 +75,7 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
 
     from lga_export.imageio import read_image
     from lga_export.predict import collect_jobs, output_names
+    from lga_export.runtime.registry import thread_options
     from lga_export.serve.cluster import check_source, import_ray, one_line, ray_session, user_error_in
 
     if batch_size < 1:
@@ -95,7 +96,7 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
 
             gpu = str(device).startswith("cuda")
             cpus = 1.0 if gpu else max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // workers)))
-            options = {"threads": int(cpus)} if backend == "ort" and not gpu else {}
+            options = {} if gpu else thread_options(backend, int(cpus))  # the actor's share of the CPUs
             chunks = [list(range(start, min(start + batch_size, len(jobs)))) for start in range(0, len(jobs), batch_size)]
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False  # ours counts images below

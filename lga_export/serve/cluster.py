@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from lga_export.errors import LGAError, ValidationFailed
@@ -52,24 +51,15 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 def check_source(backend: str | None, source: str | None, precision: str,
                  device: str | None) -> tuple[str, str]:
-    """(backend, device) for `source`, as `open_runner` would pick them, with the source verified
-    here, before any Ray worker opens it, so a wrong --model fails in one line instead of in every
-    replica or actor."""
-    from lga_export.runtime.registry import RUNNERS, default_backend, open_runner, runner_class
+    """(backend, device) for `source`, picked by the registry's one rule (`resolve`, as
+    `open_runner` picks them: aliases, the INT8 graph's backend, the backend's device), with the
+    source verified here by the backend's own check, before any Ray worker opens it, so a wrong
+    --model fails in one line instead of in every replica or actor."""
+    from lga_export.runtime.registry import resolve, runner_class
 
-    backend = backend or default_backend(source)
-    if backend not in RUNNERS:
-        raise LGAError(f"unknown backend {backend!r}; choose one of {', '.join(RUNNERS)}")
-    device = device or ("cuda" if backend == "trt" else "cpu")  # open_runner's default
-    if backend.startswith("torch") and source is not None and not Path(source).is_dir():
-        from lga_export.checkpoint import load_lga_config
-
-        load_lga_config(source)  # the header only; the weights load in the workers
-        if precision not in runner_class(backend).precisions:
-            raise LGAError(f"backend {backend} runs {', '.join(runner_class(backend).precisions)}, not {precision}")
-    elif source is not None:
-        open_runner(backend, source, precision, device, activate=False)  # verifies the folder, loads nothing
-    return backend, device
+    chosen = resolve(backend, source, precision, device)
+    runner_class(chosen.backend).verify_source(chosen.source, precision, chosen.device)
+    return chosen.backend, chosen.device
 
 
 def user_error_in(exc: BaseException) -> LGAError | None:
