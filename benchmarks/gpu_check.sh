@@ -16,12 +16,15 @@
 #   export-vit_b 70 | trt-vit_b-fp32 45 | trt-vit_b-fp16 45 | bench-vit_b 40   = 470 s
 #
 # setup: the check's own virtual environment .venv-gpu (never the project's .venv), created
-#   from scratch when absent, stale (pyproject.toml changed) or with --fresh, installing
-#   .[gpu,tensorrt] with --extra-index-url https://pypi.nvidia.com (TensorRT's PyPI packages
-#   are stubs that fetch the real wheels from NVIDIA's index at install time). The CPU
-#   `onnxruntime` wheel (a core dependency) is then uninstalled and `onnxruntime-gpu`
-#   reinstalled over it: both ship the same `onnxruntime` import package, and with both the
-#   CUDA provider can vanish. A reused environment is re-verified, not trusted.
+#   from scratch when absent, stale (pyproject.toml changed), half-built (an interrupted setup
+#   leaves the ownership marker but no stamp) or with --fresh, installing INSTALL_SET below
+#   (.[gpu-bench]: torch + export tooling, onnxruntime-gpu, TensorRT + Polygraphy, matplotlib)
+#   with --extra-index-url https://pypi.nvidia.com (TensorRT's PyPI packages may be stubs that
+#   fetch the real wheels from NVIDIA's index at install time). Should anything still pull in
+#   the CPU `onnxruntime` wheel (no extra of gpu-bench lists it), it is uninstalled and
+#   `onnxruntime-gpu` reinstalled over it: both ship the same `onnxruntime` import package, and
+#   with both the CUDA provider can vanish. A reused environment is re-verified, not trusted.
+#   GPU_CHECK_VENV moves it (the CI keeps it outside the checkout, which cleans ignored files).
 # A requested backend that cannot run on this GPU machine (no TensorRT, no CUDA provider in
 #   ONNX Runtime) is a FAILURE, and lga-bench runs with --require-all (a skipped case fails,
 #   exit 3); with --allow-missing it is recorded as SKIPPED and left out of the benchmark.
@@ -39,6 +42,7 @@
 set -u -o pipefail
 
 NVIDIA_INDEX="${NVIDIA_INDEX:-https://pypi.nvidia.com}"
+INSTALL_SET=".[gpu-bench]"   # pyproject's gpu-bench extra; tests/test_gpu_ci.py resolves it
 BUDGET=470
 declare -A CAP=([setup]=130 [probe]=15 [checkpoints]=30
                 [export-tiny]=30 [trt-tiny-fp32]=20 [trt-tiny-fp16]=20 [bench-tiny]=25
@@ -93,7 +97,7 @@ MAX_BATCH="${BATCHES##*,}"
 if [[ $DRY_RUN -eq 1 ]]; then
     echo "budget ${BUDGET} s; step caps sum to ${total} s"
     for step in "${ORDER[@]}"; do printf '  %-16s %4s s\n' "$step" "${CAP[$step]}"; done
-    echo "venv: $VENV (pip --extra-index-url $NVIDIA_INDEX; CPU onnxruntime removed, onnxruntime-gpu kept)"
+    echo "venv: $VENV (pip install -e \"$INSTALL_SET\" --extra-index-url $NVIDIA_INDEX; never the CPU onnxruntime)"
     echo "bench: --batch $BATCHES --samples $SAMPLES; engines --max-batch $MAX_BATCH;" \
          "$([[ $ALLOW_MISSING -eq 1 ]] && echo 'missing backends skipped' || echo '--require-all')"
     exit 0
@@ -211,24 +215,28 @@ finish() {
 
 # ---------------------------------------------------------------- 1. setup: the check's own venv
 STAMP="$VENV/.gpu-check-stamp"
+OWNER="$VENV/.gpu-check-owner"   # written right after `python3 -m venv`: the venv is ours, stamped or not
 WANT_STAMP="$(cat pyproject.toml "$0" | sha256sum | cut -c1-16) $(python3 -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)"
 SETUP_SCRIPT='
 set -eu -o pipefail
-if [[ -e "$VENV" && ! -f "$STAMP" ]]; then
-    echo "$VENV exists but was not made by gpu_check.sh (no stamp); refusing to replace it - remove it or set GPU_CHECK_VENV" >&2
+if [[ -e "$VENV" && ! -f "$STAMP" && ! -f "$OWNER" ]]; then
+    echo "$VENV exists but was not made by gpu_check.sh (no stamp, no owner marker); refusing to replace it - remove it or set GPU_CHECK_VENV" >&2
     exit 1
 fi
-if [[ $FRESH -eq 1 || ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$WANT_STAMP" ]]; then
+if [[ $FRESH -eq 1 || ! -f "$STAMP" || ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$WANT_STAMP" ]]; then
     echo "creating $VENV from scratch"
     rm -rf "$VENV"
     python3 -m venv "$VENV"
+    touch "$OWNER"
     "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet --extra-index-url "$NVIDIA_INDEX" -e ".[gpu,tensorrt]"
-    ORT_GPU="$("$VENV/bin/pip" show onnxruntime-gpu | sed -n "s/^Version: //p")"
-    # Both wheels own the `onnxruntime` import package: drop the CPU one, then restore the
-    # GPU one over the files that uninstall removed.
-    "$VENV/bin/pip" uninstall --yes onnxruntime
-    "$VENV/bin/pip" install --quiet --force-reinstall --no-deps "onnxruntime-gpu==$ORT_GPU"
+    "$VENV/bin/pip" install --quiet --extra-index-url "$NVIDIA_INDEX" -e "$INSTALL_SET"
+    if "$VENV/bin/pip" show onnxruntime > /dev/null 2>&1; then
+        # Both wheels own the `onnxruntime` import package: drop the CPU one, then restore the
+        # GPU one over the files that uninstall removed.
+        ORT_GPU="$("$VENV/bin/pip" show onnxruntime-gpu | sed -n "s/^Version: //p")"
+        "$VENV/bin/pip" uninstall --yes onnxruntime
+        "$VENV/bin/pip" install --quiet --force-reinstall --no-deps "onnxruntime-gpu==$ORT_GPU"
+    fi
     echo "$WANT_STAMP" > "$STAMP"
 else
     echo "reusing $VENV (stamp matches); re-verifying it"
@@ -240,49 +248,21 @@ fi
 "$VENV/bin/pip" show onnxruntime-gpu | head -n 2
 "$VENV/bin/python" -c "import lga_export, onnxruntime; print(\"lga_export\", lga_export.__version__, \"onnxruntime\", onnxruntime.__version__)"
 '
-if ! run_step setup env FRESH="$FRESH" VENV="$VENV" STAMP="$STAMP" WANT_STAMP="$WANT_STAMP" \
-        NVIDIA_INDEX="$NVIDIA_INDEX" bash -c "$SETUP_SCRIPT"; then
+if ! run_step setup env FRESH="$FRESH" VENV="$VENV" STAMP="$STAMP" OWNER="$OWNER" WANT_STAMP="$WANT_STAMP" \
+        NVIDIA_INDEX="$NVIDIA_INDEX" INSTALL_SET="$INSTALL_SET" bash -c "$SETUP_SCRIPT"; then
     for step in "${ORDER[@]:1}"; do skip "$step" "setup failed"; done
     finish
 fi
 BIN="$VENV/bin"
 
 # ---------------------------------------------------------------- 2. probe: GPU and backends
-run_step probe "$PY" - "$OUT" <<'PYEOF'
-import importlib, json, platform, subprocess, sys
-from pathlib import Path
-
-out = Path(sys.argv[1])
-env = {"python": platform.python_version()}
-try:
-    env["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
-                                        "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.strip()
-except Exception as exc:
-    env["nvidia_smi"] = f"not available ({exc})"
-for name in ("torch", "onnxruntime", "tensorrt", "polygraphy", "lga_export"):
-    try:
-        env[name] = getattr(importlib.import_module(name), "__version__", "?")
-    except Exception as exc:
-        env[name] = f"NOT AVAILABLE: {type(exc).__name__}: {exc}"
-import torch
-env["cuda_available"] = torch.cuda.is_available()
-env["gpu"] = torch.cuda.get_device_name(0) if env["cuda_available"] else None
-try:
-    import onnxruntime
-    env["onnxruntime_providers"] = onnxruntime.get_available_providers()
-except Exception:
-    env["onnxruntime_providers"] = []
-env["trt_ok"] = not str(env["tensorrt"]).startswith("NOT AVAILABLE") and env["cuda_available"]
-env["ort_gpu_ok"] = "CUDAExecutionProvider" in env["onnxruntime_providers"] and env["cuda_available"]
-(out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
-(out / "environment.txt").write_text("".join(f"{k}: {v}\n" for k, v in env.items()))
-print(json.dumps(env, indent=2))
-if not env["cuda_available"]:
-    sys.exit("no CUDA GPU visible to torch: this is a GPU check")
-PYEOF
+# benchmarks/gpu_probe.py imports every module a later step needs (a missing one fails here, by
+# name) and records the GPU, the versions and whether the CUDA provider really loads.
+run_step probe "$PY" benchmarks/gpu_probe.py "$OUT"
 probe_rc=$?
 if [[ $probe_rc -ne 0 ]]; then
-    for step in "${ORDER[@]:2}"; do skip "$step" "probe failed (no GPU?)"; done
+    probe_reason="$(grep -v '^\s*$' "$OUT/logs/probe.log" | tail -n 1 | cut -c1-200)"
+    for step in "${ORDER[@]:2}"; do skip "$step" "probe failed: $probe_reason"; done
     finish
 fi
 env_get() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$OUT/environment.json" "$1"; }
@@ -292,7 +272,7 @@ BACKENDS="torch"
 if [[ $ORT_OK -eq 1 ]]; then BACKENDS+=",ort"; fi
 if [[ $TRT_OK -eq 1 ]]; then BACKENDS+=",trt"; fi
 if [[ $ORT_OK -ne 1 ]]; then
-    missing ort-gpu "ONNX Runtime has no CUDAExecutionProvider here (providers: $(env_get onnxruntime_providers))"
+    missing ort-gpu "ONNX Runtime cannot run on the GPU here: $(env_get ort_gpu_problem)"
 fi
 
 # ---------------------------------------------------------------- 3. one checkpoint per preset
