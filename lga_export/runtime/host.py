@@ -5,43 +5,84 @@ the least recently used entries."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+
+from lga_export.errors import LGAError
+
+
+def cache_base() -> Path:
+    """$LGA_EXPORT_CACHE, else $XDG_CACHE_HOME/lga-export, else ~/.cache/lga-export."""
+    base = os.environ.get("LGA_EXPORT_CACHE")
+    if base:
+        return Path(base).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lga-export"
 
 
 def cache_root(kind: str) -> Path:
     """Per-user cache folder for compiled / optimised models, never inside an export folder:
-    $LGA_EXPORT_CACHE/<kind>, else $XDG_CACHE_HOME/lga-export/<kind>, else ~/.cache/lga-export/<kind>."""
-    base = os.environ.get("LGA_EXPORT_CACHE")
-    if base:
-        return Path(base).expanduser() / kind
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lga-export" / kind
+    `cache_base()`/<kind>."""
+    return cache_base() / kind
 
 
-def ensure_cache_dir(folder: Path) -> Path | None:
-    """`folder` created private to the user (0700), or None when it cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return folder if os.access(folder, os.W_OK) else None
-    except OSError:
-        return None
+def _refuse_shared(folder: Path) -> None:
+    """A cache folder others can write (or that another user owns) could hand us their model:
+    refused, naming the folder and the fix."""
+    info = folder.stat()
+    if info.st_uid != os.getuid():
+        raise LGAError(f"cache folder {folder} belongs to another user (uid {info.st_uid}); set LGA_EXPORT_CACHE "
+                       f"to a folder of your own")
+    if info.st_mode & 0o022:
+        raise LGAError(f"cache folder {folder} can be written by others (mode {oct(info.st_mode & 0o777)}); run "
+                       f"chmod 700 {folder}, or set LGA_EXPORT_CACHE to a folder of your own")
+
+
+def ensure_cache_dir(folder: Path, top: Path | None = None) -> Path | None:
+    """`folder` created private to the user (0700, and so are the missing folders above it), or
+    None when it cannot be written. `folder` and the folders above it up to `top` (default: the
+    cache base when `folder` lies under it, else `folder` alone) must be the user's and writable
+    by no one else: LGAError otherwise. An invalid LGA_EXPORT_CACHE_MAX_GB is refused here too,
+    before any work, rather than after the first cache write."""
+    cache_limit_bytes()
+    base = cache_base()
+    top = top if top is not None else (base if folder.is_relative_to(base) else folder)
+    chain = [folder, *(p for p in folder.parents if p.is_relative_to(top))] if folder.is_relative_to(top) else [folder]
+    for path in reversed([folder, *folder.parents]):  # checked before anything is created inside
+        try:
+            if not path.exists():
+                path.mkdir(mode=0o700)  # parents=True would give the parents the umask's mode
+                continue
+        except OSError:
+            return None
+        if path in chain:
+            _refuse_shared(path)
+    return folder if os.access(folder, os.W_OK) else None
 
 
 DEFAULT_CACHE_LIMIT_GB = 8.0
 
 
 def cache_limit_bytes() -> int:
-    """The cap on each cache kind's size: $LGA_EXPORT_CACHE_MAX_GB (default 8 GB)."""
+    """The cap on each cache kind's size: $LGA_EXPORT_CACHE_MAX_GB (default 8 GB); anything but a
+    finite number >= 0 is one LGAError line (nan or inf used to fail every run after a cache write)."""
     raw = os.environ.get("LGA_EXPORT_CACHE_MAX_GB", "")
+    if not raw.strip():
+        return int(DEFAULT_CACHE_LIMIT_GB * 2**30)
     try:
-        gigabytes = float(raw) if raw.strip() else DEFAULT_CACHE_LIMIT_GB
+        gigabytes = float(raw)
     except ValueError:
-        gigabytes = DEFAULT_CACHE_LIMIT_GB
-    return int(max(gigabytes, 0.0) * 2**30)
+        gigabytes = math.nan
+    if not math.isfinite(gigabytes) or gigabytes < 0:
+        raise LGAError(f"LGA_EXPORT_CACHE_MAX_GB={raw.strip()[:40]!r} is not a cache size; give a number of "
+                       f"gigabytes >= 0 (e.g. 8), or unset it for the default {DEFAULT_CACHE_LIMIT_GB:g}")
+    return int(gigabytes * 2**30)
 
 
 def _size(entry: Path) -> int:
+    if entry.is_symlink():
+        return 0
     if entry.is_file():
         return entry.stat().st_size
     return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
@@ -74,7 +115,7 @@ def prune_cache(root: Path, keep: Path | None = None, limit: int | None = None) 
         if keep is not None and entry == keep:
             continue
         try:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         except OSError:
             continue
         total -= size

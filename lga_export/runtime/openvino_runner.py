@@ -27,6 +27,7 @@ import numpy as np
 
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
+from lga_export.runtime import compile_cache
 from lga_export.runtime.base import EXPORT, OPENVINO_IR, Runner, RunnerDescription
 from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, prune_cache, touch_cache_entry
 
@@ -142,7 +143,8 @@ class OpenVinoRunner(Runner):
         self.used: dict[str, dict[str, Any]] = {}
         self.startup: dict[str, dict[str, Any]] = {}
         self.cache_folders: dict[str, Path] = {}  # graph -> cache folder of its first compile
-        self.cache_status: dict[str, str] = {}  # graph -> 'hit' or 'written' (first compile)
+        self.cache_status: dict[str, str] = {}  # graph -> 'hit', 'written' or 'rebuilt' (first compile)
+        self.cache_rebuilt: dict[str, str] = {}  # graph -> why a cache folder of it was discarded and rebuilt
         self.bf16: dict[str, Any] | None = None
         self.fallback: str | None = None
 
@@ -205,9 +207,37 @@ class OpenVinoRunner(Runner):
         key = self.cache_key(graph, batch, config)
         if key is None:
             return None
-        root = Path(self.cache_dir) if self.cache_dir else cache_root("openvino")
+        root = ensure_cache_dir(Path(self.cache_dir) if self.cache_dir else cache_root("openvino"))
+        if root is None:
+            return None
         name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-        return ensure_cache_dir(root / f"{graph}-{name}")
+        return ensure_cache_dir(root / f"{graph}-{name}", top=root)
+
+    def _open_cache(self, graph: str, batch: int | None, config: dict[str, Any]) -> tuple[Path | None, str | None]:
+        """(the verified or empty cache folder of this compile, or None; 'hit', 'absent' or 'rebuilt').
+        A folder whose blobs do not match its record (or that has none) is wiped before OpenVINO
+        could import anything from it (`compile_cache.admit`), so only sealed blobs are ever used."""
+        folder = self.cache_folder(graph, batch, config)
+        if folder is None:
+            return None, None
+        status, reason = compile_cache.admit(folder, self.cache_key(graph, batch, config))
+        if status == "rebuilt":
+            self.cache_rebuilt.setdefault(graph, str(reason))
+            folder = self.cache_folder(graph, batch, config)  # wiped: created again, empty and private
+        return folder, status
+
+    def _close_cache(self, graph: str, batch: int | None, config: dict[str, Any], folder: Path, status: str,
+                     before: set[Path]) -> None:
+        """After a compile: seal the folder when OpenVINO wrote to it (the sha256 of its blobs),
+        record what the cache did for the graph's first compile, prune the cache."""
+        wrote = bool(set(folder.iterdir()) - before)
+        if wrote or (status != "hit" and any(folder.iterdir())):
+            compile_cache.seal(folder, self.cache_key(graph, batch, config))
+        shown = {"hit": "written" if wrote else "hit", "absent": "written" if wrote else "not written"}.get(status, status)
+        self.cache_status.setdefault(graph, shown)
+        touch_cache_entry(folder)
+        if wrote:
+            prune_cache(folder.parent, keep=folder)
 
     def activate_impl(self) -> None:
         ov = openvino()
@@ -226,6 +256,8 @@ class OpenVinoRunner(Runner):
             self.startup[name] = {"ms": round((time.perf_counter() - start) * 1000, 1),
                                   "static_batch": self.static_batch[name],
                                   "compiled_cache": self.cache_status.get(name)}
+            if name in self.cache_rebuilt:
+                self.startup[name]["compiled_cache_rebuilt_because"] = self.cache_rebuilt[name]
         if self.precision == "bf16" and self.fallback is None:
             used = {info["inference_precision"] for info in self.used.values()}
             if used != {"bf16"}:
@@ -244,17 +276,17 @@ class OpenVinoRunner(Runner):
             return compiled_by_batch[batch]
         path = self.graphs[graph]
         config = self.compile_config()
-        folder = self.cache_folder(graph, batch, config)
+        folder, status = self._open_cache(graph, batch, config)
         before = set(folder.iterdir()) if folder is not None else set()
+        properties = {**config, "CACHE_DIR": str(folder)} if folder is not None else config
         if folder is not None:
-            config["CACHE_DIR"] = str(folder)
             self.cache_folders.setdefault(graph, folder)
         try:
             model = self.core.read_model(str(path))
             if batch is not None:
                 with_batch(model, batch)
             self._check_model(graph, path, model)
-            compiled = self.core.compile_model(model, self.device, config)
+            compiled = self.core.compile_model(model, self.device, properties)
         except LGAError:
             raise
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long C++ traces
@@ -262,11 +294,7 @@ class OpenVinoRunner(Runner):
             raise LGAError(f"{path}: OpenVINO cannot compile it ({first}); re-export with lga-export onnx "
                            f"--force") from None
         if folder is not None:
-            status = "written" if set(folder.iterdir()) - before else "hit"
-            self.cache_status.setdefault(graph, status)
-            touch_cache_entry(folder)
-            if status == "written":
-                prune_cache(folder.parent, keep=folder)
+            self._close_cache(graph, batch, config, folder, str(status), before)
         entry = (compiled, compiled.create_infer_request(), [port.get_any_name() for port in compiled.outputs])
         compiled_by_batch[batch] = entry
         return entry

@@ -15,7 +15,7 @@ all of them.
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.runtime.base import EXPORT, ONNX, Runner, RunnerDescription
+from lga_export.runtime import compile_cache
 from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, prune_cache, touch_cache_entry
 
 
@@ -43,6 +44,11 @@ SPINNING = False
 # Reuse ONNX Runtime's optimised graph across runs: only for the CPU provider, where it was
 # measured to cut session start-up (see `optimized_model_path`).
 OPTIMIZED_CACHE = True
+OPTIMIZED_FILE = "model.onnx"  # the optimised graph inside its cache entry (no external data)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def default_providers(device: str) -> list[str]:
@@ -85,6 +91,7 @@ class OnnxRuntimeRunner(Runner):
         self.graph_digests = dict(graph_digests or {})
         self.sessions: dict[str, Any] = {}
         self.startup: dict[str, dict[str, Any]] = {}
+        self.cache_rebuilt: dict[str, str] = {}  # graph -> why its cache entry was discarded and rebuilt
 
     @classmethod
     def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
@@ -141,6 +148,8 @@ class OnnxRuntimeRunner(Runner):
             self._check_session(name, path, session)
             self.sessions[name] = session
             self.startup[name] = {"ms": round((time.perf_counter() - start) * 1000, 1), "optimized_cache": cache}
+            if name in self.cache_rebuilt:
+                self.startup[name]["optimized_cache_rebuilt_because"] = self.cache_rebuilt[name]
         dropped = [p for p in self.requested if p != "CPUExecutionProvider"
                    and any(p not in s.get_providers() for s in self.sessions.values())]
         if dropped:
@@ -175,46 +184,72 @@ class OnnxRuntimeRunner(Runner):
                 "optimized_model_cache": str(cached[0].parent) if cached and cached[0] else None}
 
     def _open_session(self, ort, name: str, path: Path) -> tuple[Any, str | None]:
-        """(session, what the optimised-model cache did: None, 'hit', 'written' or 'unwritable')."""
-        cached = self.optimized_model_path(name)
-        if cached is not None and cached.is_file():
+        """(session, what the optimised-model cache did: None, 'hit', 'written', 'rebuilt' (a bad
+        entry was discarded; the reason is in `cache_rebuilt`) or 'unwritable'). A cached entry is
+        used only after `compile_cache.admit` verified it against its record and this key."""
+        entry = self.optimized_model_path(name)
+        if entry is None:
+            return self._plain_session(ort, path), None
+        key = self.cache_key(name)
+        status, reason = compile_cache.admit(entry, key)
+        if status == "hit":
             try:
-                session = ort.InferenceSession(str(cached), self.session_options(ort, optimized=True),
+                session = ort.InferenceSession(str(entry / OPTIMIZED_FILE), self.session_options(ort, optimized=True),
                                                providers=self.requested)
-                touch_cache_entry(cached)
+                touch_cache_entry(entry)
                 return session, "hit"
-            except Exception:  # noqa: BLE001 - a damaged cache file is dropped and rebuilt from the graph
-                cached.unlink(missing_ok=True)
+            except Exception as exc:  # noqa: BLE001 - verified but unloadable (another ORT build): rebuilt
+                reason = f"ONNX Runtime cannot load it ({_first_line(exc)})"
+                compile_cache.discard(entry, reason)
+                status = "rebuilt"
+        if reason:
+            self.cache_rebuilt[name] = reason
+        session, written = self._session_writing_cache(ort, path, entry, key)
+        return session, (status if status == "rebuilt" else "written") if written else "unwritable"
+
+    def _plain_session(self, ort, path: Path) -> Any:
+        try:
+            return ort.InferenceSession(str(path), self.session_options(ort), providers=self.requested)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for unreadable graphs
+            raise LGAError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)}); re-export with lga-export "
+                           f"onnx --force") from None
+
+    def _session_writing_cache(self, ort, path: Path, entry: Path, key: dict[str, Any]) -> tuple[Any, bool]:
+        """(session on the graph, whether its optimised model was saved as the sealed `entry`). The
+        model is written into a private staging folder, sealed there, then renamed onto `entry`.
+        An optimised graph over 2 GB cannot be saved: the session goes on without the cache."""
+        import shutil
+        import tempfile
+
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=entry.parent))
+        except OSError:
+            return self._plain_session(ort, path), False
         options = self.session_options(ort)
-        written = None
-        if cached is not None:
-            written = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp")
-            options.optimized_model_filepath = str(written)
+        options.optimized_model_filepath = str(staging / OPTIMIZED_FILE)
         try:
             session = ort.InferenceSession(str(path), options, providers=self.requested)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for unreadable graphs
-            if written is not None:  # e.g. an optimised graph over 2 GB cannot be saved: go on without the cache
-                written.unlink(missing_ok=True)
-                try:
-                    return ort.InferenceSession(str(path), self.session_options(ort), providers=self.requested), \
-                        "unwritable"
-                except Exception as again:  # noqa: BLE001
-                    exc = again
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise LGAError(f"{path}: ONNX Runtime cannot load it ({first}); re-export with lga-export onnx "
-                           f"--force") from None
-        if written is None:
-            return session, None
+        except Exception:  # noqa: BLE001 - e.g. the >2 GB limit of one protobuf file
+            shutil.rmtree(staging, ignore_errors=True)
+            return self._plain_session(ort, path), False
         try:
-            os.replace(written, cached)  # atomic: a concurrent reader sees the old file or the new one
-            prune_cache(cached.parent, keep=cached)
-            return session, "written"
+            compile_cache.seal(staging, key)
+            if compile_cache.publish(staging, entry):
+                prune_cache(entry.parent, keep=entry)
+            return session, True
         except OSError:
-            written.unlink(missing_ok=True)
-            return session, "unwritable"
+            shutil.rmtree(staging, ignore_errors=True)
+            return session, False
+
+    def cache_key(self, graph: str) -> dict[str, Any]:
+        """Everything that changes ONNX Runtime's optimised graph of `graph` (recorded in its entry)."""
+        model, flags = cpu_identity()
+        return {"graph": graph, "graph_sha256": self.graph_digests.get(graph), "onnxruntime": onnxruntime().__version__,
+                "optimization": self.optimization, "providers": list(self.requested), "cpu": model, "cpu_flags": flags}
 
     def optimized_model_path(self, graph: str) -> Path | None:
-        """The cache file of `graph`'s optimised model, or None when there is no cache for it.
+        """The cache entry (a folder: the optimised model and its record, see `compile_cache`) of
+        `graph`, or None when there is no cache for it.
 
         Keyed by the graph file's sha256 (from the verified manifest), the ONNX Runtime version,
         the optimisation level, the providers and the CPU (the ALL level writes CPU-specific
@@ -228,10 +263,8 @@ class OnnxRuntimeRunner(Runner):
         folder = ensure_cache_dir(Path(self.cache_dir) if self.cache_dir else cache_root("onnxruntime"))
         if folder is None:
             return None
-        model, flags = cpu_identity()
-        key = "|".join([digest, onnxruntime().__version__, self.optimization, ",".join(self.requested),
-                        model, ",".join(flags)])
-        return folder / f"{graph}.{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
+        name = hashlib.sha256(json.dumps(self.cache_key(graph), sort_keys=True).encode()).hexdigest()[:32]
+        return folder / f"{graph}.{name}"
 
     def _check_session(self, graph: str, path: Path, session: Any) -> None:
         """The graph's I/O must be the spec's (names and static sizes): catches files of another model."""
