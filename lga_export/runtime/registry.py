@@ -38,8 +38,10 @@ def register(runner: type[Runner] | str, name: str | None = None) -> str:
     else:
         name = name or runner.backend
     key = name.strip().lower()
-    if key in RUNNERS or key in _aliases():
-        raise LGAError(f"backend {key!r} is already registered; pick another name or unregister it first")
+    taken = [n for n in (key, *(() if isinstance(runner, str) else vars(runner).get("aliases", ())))
+             if n.lower() in RUNNERS or n.lower() in _aliases()]
+    if taken:
+        raise LGAError(f"backend name or alias {taken[0]!r} is already registered; pick another or unregister it first")
     RUNNERS[key] = runner
     return key
 
@@ -72,8 +74,13 @@ def _importable() -> Iterator[tuple[str, type[Runner]]]:
 
 
 def _aliases() -> dict[str, str]:
-    """Alias -> name, from the classes that import here (one that does not has no aliases)."""
-    return {alias.lower(): name for name, cls in _importable() for alias in cls.aliases}
+    """Alias -> name, from the classes that import here (one that does not has no aliases). Only
+    a class's own aliases count (a subclass does not inherit its parent's); the first registered wins."""
+    found: dict[str, str] = {}
+    for name, cls in _importable():
+        for alias in vars(cls).get("aliases", ()):
+            found.setdefault(alias.lower(), name)
+    return found
 
 
 def canonical_backend(backend: str) -> str:

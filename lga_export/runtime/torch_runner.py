@@ -14,6 +14,7 @@ import numpy as np
 
 from lga_export.errors import LGAError
 from lga_export.runtime.base import CHECKPOINT, Runner, RunnerDescription
+from lga_export.runtime.device_timing import EnqueueTimer
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +36,7 @@ class TorchRunner(Runner):
         self.model = model
         self.device = torch.device(device)
         self.graphs: dict[str, torch.nn.Module] = {}
+        self._timer = EnqueueTimer()
 
     @classmethod
     def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
@@ -121,8 +123,8 @@ class TorchRunner(Runner):
 
         spec = self.specs[graph]
         args = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device) for name in spec.input_names]
-        with torch.inference_mode(), self._autocast():
-            output = self.graphs[graph](*args)
+        with torch.inference_mode(), self._autocast(), self._timer.around(self.timing_stream()):
+            output = self.graphs[graph](*args)  # the only work between the events (inputs already copied)
         return {spec.output: output.float().cpu().numpy()}
 
     def timing_stream(self):
@@ -130,6 +132,9 @@ class TorchRunner(Runner):
         import torch
 
         return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+
+    def last_device_ms(self) -> float | None:
+        return self._timer.last_ms()
 
     def synchronize(self) -> None:
         import torch
@@ -160,4 +165,5 @@ class CompiledTorchRunner(TorchRunner):
     """The same graphs through torch.compile (default inductor backend)."""
 
     backend = "torch-compile"
+    aliases = ()  # pytorch is the eager runner's
     compile = True
