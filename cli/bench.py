@@ -45,6 +45,8 @@ def bench(
     iters: int = typer.Option(10, "--iters", help="Timed iterations per measurement."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, ONNX Runtime and "
                                           "OpenVINO (default: torch's current setting)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N for PyTorch, ONNX Runtime "
+                                         "and TensorRT (default: cuda when torch sees a GPU, else cpu)."),
     ort_providers: Optional[str] = typer.Option(None, "--ort-providers", help="Comma list of ONNX Runtime providers "
                                                 "(default: CUDA when present, then CPU)."),
     exclude: Optional[str] = typer.Option(None, "--exclude", help="Comma list of backend-precision pairs not to "
@@ -74,7 +76,7 @@ def bench(
 
     settings = BenchSettings(backends=backends, precisions=precision, batches=_ints(batch, "--batch"),
                              samples=samples, warmup=warmup, iters=iters, threads=threads, data_root=data,
-                             engines_dir=engines, matmul_size=matmul_size,
+                             engines_dir=engines, matmul_size=matmul_size, device=device,
                              exclude=[e.strip() for e in exclude.split(",")] if exclude else [],
                              ort_providers=[p.strip() for p in ort_providers.split(",")] if ort_providers else None,
                              min_dice_agreement=min_dice_agreement, max_latency_ratio=max_latency_ratio,

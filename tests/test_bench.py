@@ -13,14 +13,18 @@ from lga_export.bench import BenchSettings, run_benchmark
 from lga_export.cli.bench import app
 from lga_export.export.specs import TOLERANCES
 
-FAST = ["--samples", "2", "--batch", "1", "--warmup", "0", "--iters", "2", "--matmul-size", "256", "--threads", "2"]
+# Pinned to the CPU: on a GPU host the bench defaults to cuda, where the dev install's CPU
+# onnxruntime has no CUDA provider and the expected cases differ (#22 bug 4).
+FAST = ["--samples", "2", "--batch", "1", "--warmup", "0", "--iters", "2", "--matmul-size", "256", "--threads", "2",
+        "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def results(default_model, tmp_path_factory, data_root) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench") / "out"
     settings = BenchSettings(backends=["torch", "ort", "trt"], precisions=["fp32", "int8"], batches=[1, 2],
-                             samples=2, warmup=0, iters=2, threads=2, matmul_size=256, data_root=data_root)
+                             samples=2, warmup=0, iters=2, threads=2, matmul_size=256, data_root=data_root,
+                             device="cpu")
     return run_benchmark(default_model, out, settings, log=lambda _: None, progress=False), out
 
 
@@ -108,3 +112,26 @@ def test_refuses_existing_output_unknown_backend_and_bad_values(results, tmp_pat
         result = CliRunner().invoke(app, [*base, *FAST, *args, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert not (tmp_path / "x").exists()
+
+
+def test_a_gpu_host_still_runs_the_cpu_bench_and_reads_runner_device_times(results, tmp_path, monkeypatch) -> None:
+    """Fake-backed (torch is told a GPU exists; the torch runner's device time is a stand-in).
+    #22 bug 4: FAST pins --device cpu, so this module's cases are the same on a GPU host. #22 bug 2:
+    device_ms comes from the runner's own events around its enqueue, not from events around infer."""
+    import torch
+
+    from lga_export.runtime.torch_runner import TorchRunner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Fake GPU")
+    monkeypatch.setattr(TorchRunner, "last_device_ms", lambda self: 2.0)
+    out = tmp_path / "host"
+    result = CliRunner().invoke(app, ["--onnx", str(results[1] / "onnx"), "--backends", "torch,ort", "--precision",
+                                      "fp32", "--out", str(out), *FAST])  # exported before torch was told of a GPU
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["machine"]["device"] == "cpu" and set(stored["cases"]) == {"torch-fp32", "ort-fp32"}
+    assert stored["cases"]["ort-fp32"]["runner"]["providers_in_use"]["lga_image"] == ["CPUExecutionProvider"]
+    latency = stored["cases"]["torch-fp32"]["batches"]["1"]["latency"]
+    assert latency["lga_image"]["device_ms"]["p50_ms"] == 2.0 and latency["end_to_end"]["device_ms"] is None
+    assert stored["cases"]["ort-fp32"]["batches"]["1"]["latency"]["lga_image"]["device_ms"] is None

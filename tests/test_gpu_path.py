@@ -82,8 +82,9 @@ def test_cuda_provider_listed_but_shadowed_is_refused(export, monkeypatch):
         return real_session(path, options, providers=[p for p in providers if p != "CUDAExecutionProvider"])
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
-    with pytest.raises(LGAError, match="runs without it"):
+    with pytest.raises(LGAError, match="runs without it") as info:
         open_runner("ort", export, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert "\n" not in str(info.value)
 
 
 def test_latency_measure_records_device_times_only_with_a_stream():
@@ -105,3 +106,121 @@ def test_fp32_reference_on_cuda_turns_tf32_off(default_model):
     with open_runner("torch", default_model, device="cuda") as runner:
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
         assert runner.timing_stream() is not None
+
+
+# ---------------------------------------------------------------- #22: device times, CUDA provider options
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event: logs where it is recorded; 1.5 ms between any two."""
+
+    log: list = []
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+
+    def record(self, stream=None) -> None:
+        self.log.append(("event", stream))
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end) -> float:
+        return 1.5
+
+
+def test_device_ms_is_what_the_runner_recorded_not_the_host_time():
+    """#22 bug 2: the bench's device_ms is the runner's own figure, read after each iteration; the
+    host work of the call (here 20 ms of sleep) is not in it."""
+    import time
+
+    from lga_export.bench.timing import measure
+
+    latency = measure(lambda: time.sleep(0.02), lambda: None, batch=1, warmup=0, iters=3, device_time=lambda: 1.0)
+    assert latency.p50_ms >= 20 and latency.device_ms["p50_ms"] == 1.0 and len(latency.device_ms["times_ms"]) == 3
+
+
+def test_torch_runner_records_events_around_the_graph_only(default_model, monkeypatch):
+    """#22 bug 2, fake-backed (CUDA events and the stream are stand-ins; the graph runs on the CPU):
+    the events bracket the graph call alone - the feed check and both copies fall outside them."""
+    import numpy as np
+    import torch
+
+    from lga_export.export.specs import IMAGE_GRAPH, dummy_inputs, graph_specs
+    from lga_export.runtime.torch_runner import TorchRunner
+
+    log: list = []
+    monkeypatch.setattr(_FakeEvent, "log", log)
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(TorchRunner, "timing_stream", lambda self: "stream-0")
+    with TorchRunner(default_model) as runner:
+        graph = runner.graphs[IMAGE_GRAPH]
+        runner.graphs[IMAGE_GRAPH] = lambda *args: log.append("graph") or graph(*args)
+        feeds = dummy_inputs(graph_specs(default_model.config)[1], {"batch": 1, "sequence": 16})
+        assert runner.last_device_ms() is None
+        out = runner.infer(IMAGE_GRAPH, feeds)
+    assert log == [("event", "stream-0"), "graph", ("event", "stream-0")]
+    assert runner.last_device_ms() == 1.5 and all(isinstance(v, np.ndarray) for v in out.values())
+
+
+def test_cpu_runners_report_no_device_time(default_model):
+    from lga_export.runtime.torch_runner import TorchRunner
+
+    assert TorchRunner(default_model).last_device_ms() is None
+
+
+def test_cuda_provider_is_loaded_with_explicit_options(export, monkeypatch):
+    """#22 bug 5, fake-backed (ONNX Runtime is told it has a working CUDA provider; the sessions run
+    on the CPU): the CUDA provider gets device_id from cuda:N and use_tf32 0, never its bare name."""
+    import onnxruntime
+
+    from lga_export.runtime.ort_runner import default_providers
+    from lga_export.runtime.registry import open_runner
+
+    seen: list = []
+    real_session = onnxruntime.InferenceSession
+
+    class Session:
+        def __init__(self, path, options=None, providers=None):
+            seen.append(providers)
+            self._real = real_session(path, options, providers=["CPUExecutionProvider"])
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    cuda = ("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0"})
+    assert default_providers("cuda:1") == [cuda, "CPUExecutionProvider"]
+    for providers in (None, ["CUDAExecutionProvider", "CPUExecutionProvider"]):  # the default, and bare names
+        seen.clear()
+        with open_runner("ort", export, device="cuda:1", providers=providers) as runner:
+            assert runner.describe()["provider_options"] == {"CUDAExecutionProvider": cuda[1]}
+        assert seen and all(p == [cuda, "CPUExecutionProvider"] for p in seen[1:]), seen
+
+
+def test_listed_but_unloadable_cuda_provider_is_one_line(export, monkeypatch):
+    """#22 bug 5 / risk: onnxruntime-gpu without its CUDA libraries lists the provider, then runs on
+    the CPU. Fake-backed (the provider is listed by a stand-in). The runner and lga-bench say so in
+    one line before any case runs, instead of one skipped case per ort precision."""
+    import onnxruntime
+
+    from lga_export.bench.core import BenchSettings, check_ort_providers
+    from lga_export.runtime.ort_runner import default_providers
+    from lga_export.runtime.registry import open_runner
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real_session = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda path, options=None, providers=None: real_session(
+        path, options, providers=[p for p in providers if p == "CPUExecutionProvider"]))
+    with pytest.raises(LGAError, match="lists CUDAExecutionProvider but cannot load it") as info:
+        open_runner("ort", export, device="cuda")
+    assert "\n" not in str(info.value)
+    settings = BenchSettings(backends=["ort"], ort_providers=default_providers("cuda"))
+    with pytest.raises(LGAError, match="lists CUDAExecutionProvider but cannot load it"):
+        check_ort_providers(settings)
+    check_ort_providers(BenchSettings(backends=["torch"], ort_providers=default_providers("cuda")))  # no ort: fine

@@ -12,6 +12,7 @@ refused with a one-line error before TensorRT sees them.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.export.specs import GRAPHS
 from lga_export.runtime.base import ENGINES, Runner, RunnerDescription
+from lga_export.runtime.device_timing import EnqueueTimer
 from lga_export.trt_engines.manifest import check_compatible, engine_label, verified_engine
 from lga_export.trt_engines.profiles import Profile, Shape, check_shapes, profile_from_json
 
@@ -57,6 +59,7 @@ class _Engine:
         self.device = device
         self._buffers: dict[tuple[Shape, ...], dict[str, Any]] = {}
         self._bound: tuple[Shape, ...] | None = None
+        self.timer: EnqueueTimer | None = None  # set by the runner: CUDA events around execute_async_v3
 
     @classmethod
     def load(cls, trt: Any, runtime: Any, artifact: EngineArtifact, device: Any) -> "_Engine":
@@ -128,7 +131,9 @@ class _Engine:
             for name in self.inputs:
                 host = torch.from_numpy(np.ascontiguousarray(feeds[name]))
                 tensors[name].copy_(host.to(self.dtypes[name]))
-            if not self.context.execute_async_v3(stream.cuda_stream):
+            with self.timer.around(stream) if self.timer else contextlib.nullcontext():
+                queued = self.context.execute_async_v3(stream.cuda_stream)
+            if not queued:
                 raise LGAError(f"TensorRT failed to run the {self.graph} engine; see the TensorRT log above")
             return {name: tensors[name].float().cpu().numpy() for name in self.outputs}
 
@@ -175,6 +180,7 @@ class TensorRTRunner(Runner):
         self._environment: dict[str, Any] = {}
         self._stream: Any = None
         self._runtime: Any = None  # outlives the engines it deserialized
+        self._timer = EnqueueTimer()
 
     @classmethod
     def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cuda",
@@ -231,6 +237,7 @@ class TensorRTRunner(Runner):
                 self._stream = torch.cuda.Stream(device=device)
                 for graph, artifact in self.artifacts.items():
                     self._engines[graph] = _Engine.load(trt, self._runtime, artifact, device)
+                    self._engines[graph].timer = self._timer
         except BaseException:
             self.deactivate_impl()
             raise
@@ -260,6 +267,10 @@ class TensorRTRunner(Runner):
     def timing_stream(self) -> Any:
         """The runner's own CUDA stream, for CUDA-event timings of the engines."""
         return self._stream
+
+    def last_device_ms(self) -> float | None:
+        """Device time of the last engine run: CUDA events around `execute_async_v3` only."""
+        return self._timer.last_ms()
 
     def synchronize(self) -> None:
         """Wait for the work queued on this runner's stream (latency timers call it)."""

@@ -87,6 +87,21 @@ def _device(requested: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_ort_providers(settings: BenchSettings) -> None:
+    """ONNX Runtime asked for on CUDA whose CUDA provider is listed but does not load (onnxruntime-gpu
+    without its CUDA/cuDNN libraries): one line before any case, not one skipped case per precision."""
+    if "ort" not in settings.backends:
+        return
+    from lga_export.runtime.ort_runner import CUDA, cuda_provider_problem, onnxruntime, provider_names
+
+    cuda = [p for p in settings.ort_providers or [] if provider_names([p]) == [CUDA]]
+    if not cuda or CUDA not in onnxruntime().get_available_providers():
+        return  # not asked for, or not there at all: each ort case is skipped with that reason
+    problem = cuda_provider_problem(onnxruntime(), cuda[0])
+    if problem:
+        raise LGAError(problem)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
@@ -113,10 +128,10 @@ def _latencies(runner, segmenter: Segmenter, ctx: _Context, batch: int) -> dict[
     text_feeds = segmenter.text_feeds(texts)
     ref_text = ctx.reference[min(ctx.reference)].text_embedding
     feeds = image_feeds(segmenter.image_batch(rgbs), np.stack([ref_text[i % len(ctx.samples)] for i in range(batch)]))
-    s, sync, stream = ctx.settings, runner.synchronize, runner.timing_stream()
+    s, sync, device_ms = ctx.settings, runner.synchronize, runner.last_device_ms
     return {
-        TEXT_GRAPH: measure(lambda: runner.infer(TEXT_GRAPH, text_feeds), sync, batch, s.warmup, s.iters, stream),
-        IMAGE_GRAPH: measure(lambda: runner.infer(IMAGE_GRAPH, feeds), sync, batch, s.warmup, s.iters, stream),
+        TEXT_GRAPH: measure(lambda: runner.infer(TEXT_GRAPH, text_feeds), sync, batch, s.warmup, s.iters, device_ms),
+        IMAGE_GRAPH: measure(lambda: runner.infer(IMAGE_GRAPH, feeds), sync, batch, s.warmup, s.iters, device_ms),
         "end_to_end": measure(lambda: segmenter.segment(rgbs, texts), sync, batch, s.warmup, s.iters),
     }
 
@@ -217,6 +232,7 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
         from lga_export.runtime.ort_runner import default_providers
 
         settings.ort_providers = default_providers(device)
+    check_ort_providers(settings)
     model = model.eval()
     onnx_dir = Path(onnx_dir) if onnx_dir else None
     started = time.time()

@@ -21,7 +21,7 @@ class Latency:
     min_ms: float
     max_ms: float
     throughput: float  # images (or texts) per second at the mean latency
-    device_ms: dict[str, Any] | None = None  # CUDA-event figures of the same iterations (GPU runners)
+    device_ms: dict[str, Any] | None = None  # the runner's CUDA-event times of its enqueued graph work
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,29 +36,23 @@ def summarize(times_ms: list[float], batch: int) -> Latency:
 
 
 def measure(call: Callable[[], Any], synchronize: Callable[[], None], batch: int, warmup: int,
-            iters: int, stream: Any = None) -> Latency:
+            iters: int, device_time: Callable[[], float | None] | None = None) -> Latency:
     """Host wall time between two synchronisations (exact on the CPU; on a GPU it includes the
-    host overhead). With a CUDA `stream`, CUDA-event times of the work queued on it are
-    recorded too, as `device_ms` (the device's own view, without host overhead)."""
+    host overhead and both copies). `device_time`: a GPU runner's `last_device_ms`, read after each
+    iteration - CUDA events the runner recorded around its enqueue only, summarised as `device_ms`
+    (events around `call` here would time the host work too: the device-to-host copy synchronises)."""
     for _ in range(warmup):
         call()
     synchronize()
     times, device = [], []
     for _ in range(max(iters, 1)):
         synchronize()
-        if stream is not None:
-            import torch
-
-            start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start_event.record(stream)
         start = time.perf_counter()
         call()
-        if stream is not None:
-            end_event.record(stream)
         synchronize()
         times.append((time.perf_counter() - start) * 1000.0)
-        if stream is not None:
-            end_event.synchronize()
-            device.append(float(start_event.elapsed_time(end_event)))
+        value = device_time() if device_time is not None else None
+        if value is not None:
+            device.append(value)
     latency = summarize(times, batch)
     return replace(latency, device_ms=summarize(device, batch).to_dict() if device else None)

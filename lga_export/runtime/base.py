@@ -174,6 +174,11 @@ class Runner(abc.ABC):
         """The CUDA stream the graphs run on, for CUDA-event timings (None: host timing only)."""
         return None
 
+    def last_device_ms(self) -> float | None:
+        """Device time (ms) of the last `infer`'s graph work, from CUDA events the runner recorded
+        around the enqueue only - no feed checks, no host copies (None: not a GPU runner)."""
+        return None
+
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends); latency timers call it."""
 

@@ -51,8 +51,62 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-def default_providers(device: str) -> list[str]:
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+CUDA = "CUDAExecutionProvider"
+ProviderEntry = str | tuple[str, dict[str, str]]  # a provider name, or (name, options) as ORT takes them
+
+
+def cuda_provider_options(device: str = "cuda") -> dict[str, str]:
+    """The CUDA provider's options: the GPU of `cuda:N`, and TF32 off - ONNX Runtime's CUDA provider
+    defaults to TF32 matmuls/convolutions, while the FP32 reference and FP32 engines run true FP32."""
+    index = device.partition(":")[2] or "0"
+    if not index.isdigit():
+        raise LGAError(f"device {device!r}: expected cuda or cuda:N")
+    return {"device_id": index, "use_tf32": "0"}
+
+
+def with_cuda_options(providers: list[ProviderEntry], device: str = "cuda") -> list[ProviderEntry]:
+    """`providers` with a bare CUDAExecutionProvider given its explicit options (entries that
+    already carry options are kept as they are)."""
+    return [(CUDA, cuda_provider_options(device)) if p == CUDA else p for p in providers]
+
+
+def provider_names(providers: list[ProviderEntry]) -> list[str]:
+    """The names of provider entries (a name, or a (name, options) pair)."""
+    return [p if isinstance(p, str) else p[0] for p in providers]
+
+
+def default_providers(device: str) -> list[ProviderEntry]:
+    return with_cuda_options([CUDA, "CPUExecutionProvider"], device) if device.startswith("cuda") \
+        else ["CPUExecutionProvider"]
+
+
+# y = Identity(x), float[1], opset 17, IR 8: serialised here so the probe needs no `onnx` package
+# (the lean [gpu] install has none).
+_IDENTITY_ONNX = (b'\x08\x08\x12\x03lga:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n'
+                  b'\x08\x08\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x11')
+
+
+def cuda_provider_problem(ort, entry: Any = CUDA) -> str | None:
+    """None when the CUDA provider loads; else one line saying so. onnxruntime-gpu lists its CUDA
+    provider even when the CUDA/cuDNN libraries it needs are missing, then falls back to the CPU
+    at session creation, so the only proof is a session that reports the provider in use."""
+    if CUDA not in ort.get_available_providers():
+        return (f"ONNX Runtime {ort.__version__} has no {CUDA} (the CPU onnxruntime wheel?); install "
+                f"onnxruntime-gpu alone (pip uninstall onnxruntime; pip install \"lga-export[gpu]\")")
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # ORT's own multi-line load error is replaced by the line below
+    try:
+        used = ort.InferenceSession(_IDENTITY_ONNX, options,
+                                    providers=[entry, "CPUExecutionProvider"]).get_providers()
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own types
+        used, why = [], f" ({_first_line(exc)})"
+    else:
+        why = ""
+    if CUDA in used:
+        return None
+    return (f"ONNX Runtime {ort.__version__} lists {CUDA} but cannot load it{why}, so a session runs without "
+            f"it; install the CUDA 13 and cuDNN 9 libraries it needs (pip install \"lga-export[gpu]\" brings "
+            f"them) or leave ort out of the GPU backends")
 
 
 class OnnxRuntimeRunner(Runner):
@@ -81,7 +135,7 @@ class OnnxRuntimeRunner(Runner):
             raise LGAError(f"unknown graph optimisation level {optimization!r}; choose one of "
                            f"{', '.join(OPTIMIZATION_LEVELS)}")
         self.graphs = {name: Path(path) for name, path in graphs.items()}
-        self.requested = providers or default_providers("cpu")
+        self.requested = with_cuda_options(providers or default_providers("cpu"))  # never a bare CUDA (TF32 on)
         self.threads = threads
         self.low_memory = low_memory  # no CPU arena: memory goes back after each run (validation)
         self.tokenizer_dir = tokenizer_dir
@@ -110,7 +164,8 @@ class OnnxRuntimeRunner(Runner):
                            f"--backend {owner}, or re-export with --int8 dynamic for ONNX Runtime")
         graphs = {name: artifact.graph(name, precision) for name in cls.graph_names(artifact.config)}
         digests = {name: artifact.graph_digest(name, precision) for name in graphs}
-        runner = cls(artifact.config, graphs, precision, providers=providers or default_providers(device),
+        providers = with_cuda_options(providers, device) if providers else default_providers(device)
+        runner = cls(artifact.config, graphs, precision, providers=providers,
                      tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests, **options)
         runner._model_digest = artifact.model_digest
         return runner
@@ -138,10 +193,14 @@ class OnnxRuntimeRunner(Runner):
     def activate_impl(self) -> None:
         ort = onnxruntime()
         available = ort.get_available_providers()
-        missing = [p for p in self.requested if p not in available]
+        missing = [p for p in provider_names(self.requested) if p not in available]
         if missing:
             raise LGAError(f"ONNX Runtime providers {missing} are not available here (available: {available}); "
                            f"install onnxruntime-gpu alone (pip uninstall onnxruntime) for CUDA/TensorRT providers")
+        cuda = [p for p in self.requested if not isinstance(p, str) and p[0] == CUDA]
+        problem = cuda_provider_problem(ort, cuda[0]) if cuda else None
+        if problem:
+            raise LGAError(problem)
         for name, path in self.graphs.items():
             start = time.perf_counter()
             session, cache = self._open_session(ort, name, path)
@@ -150,7 +209,7 @@ class OnnxRuntimeRunner(Runner):
             self.startup[name] = {"ms": round((time.perf_counter() - start) * 1000, 1), "optimized_cache": cache}
             if name in self.cache_rebuilt:
                 self.startup[name]["optimized_cache_rebuilt_because"] = self.cache_rebuilt[name]
-        dropped = [p for p in self.requested if p != "CPUExecutionProvider"
+        dropped = [p for p in provider_names(self.requested) if p != "CPUExecutionProvider"
                    and any(p not in s.get_providers() for s in self.sessions.values())]
         if dropped:
             raise LGAError(f"ONNX Runtime was asked for {dropped} but runs without it (providers in use: "
@@ -290,7 +349,8 @@ class OnnxRuntimeRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(onnxruntime=onnxruntime().__version__, requested_providers=self.requested,
+        info.update(onnxruntime=onnxruntime().__version__, requested_providers=provider_names(self.requested),
+                    provider_options={p[0]: p[1] for p in self.requested if not isinstance(p, str)},
                     providers_in_use=self.providers_in_use(), threads=self.threads,
                     graphs={name: path.name for name, path in self.graphs.items()},
                     session_options=self.session_settings(), startup=self.startup)
