@@ -305,3 +305,14 @@ def test_throwaway_backend_runs_through_the_bench_planner(wrapped, ov_export, de
     assert source is artifact and options == {"threads": 2}
     with open_runner(wrapped, source, "fp32", "cpu", **options) as runner:
         assert runner.description().backend == wrapped and runner.threads == 2
+
+
+def test_bench_settings_default_backends_are_the_cli_default():
+    """The library default left ov out while `lga-bench` ran it by default."""
+    import inspect
+
+    from lga_export.cli.bench import bench
+
+    cli_default = inspect.signature(bench).parameters["backends"].default.default
+    assert BenchSettings().backends == cli_default.split(",")
+    assert set(BenchSettings().checked().backends) == set(backend_names())
