@@ -224,3 +224,68 @@ def test_listed_but_unloadable_cuda_provider_is_one_line(export, monkeypatch):
     with pytest.raises(LGAError, match="lists CUDAExecutionProvider but cannot load it"):
         check_ort_providers(settings)
     check_ort_providers(BenchSettings(backends=["torch"], ort_providers=default_providers("cuda")))  # no ort: fine
+
+
+def test_device_memory_is_a_peak_above_the_case_baseline(monkeypatch):
+    """#22 bug 3, fake-backed (torch.cuda's memory calls are stand-ins): the baseline is taken after
+    emptying PyTorch's cache, the driver figure is the highest snapshot above it, not the last one."""
+    import torch
+
+    from lga_export.bench.machine import DeviceMemory, release_device_memory
+
+    total, used = 100 << 20, iter([40 << 20, 70 << 20, 55 << 20, 50 << 20])
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (total - next(used), total))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("synchronize"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 8 << 20)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 20 << 20)
+    memory = DeviceMemory()
+    assert calls == ["synchronize", "empty_cache", "reset"]
+    memory.sample()  # 70 MiB in use: the peak
+    memory.sample()
+    figures = memory.result()  # a last snapshot at 50 MiB
+    assert figures["driver_baseline_mb"] == 40 and figures["driver_peak_above_baseline_mb"] == 30
+    assert figures["torch_allocator_peak_above_baseline_mb"] == 12
+
+    class Model:
+        device = "cuda"
+
+        def to(self, device):
+            self.device = device
+            return self
+
+    model = Model()
+    release_device_memory(model)
+    assert model.device == "cpu"
+
+
+def test_gpu_cases_are_compared_with_a_gpu_peak():
+    """#22 bug 6: a GPU case's GFLOP/s against the matmul peak of its precision measured on the GPU
+    (no percentage for INT8 there), a CPU case against ONNX Runtime's CPU MatMul peak."""
+    from lga_export.bench.core import _add_gflops
+
+    def case(precision, on_cpu):
+        return {"precision": precision, "description": {"on_cpu": on_cpu},
+                "batches": {"1": {"latency": {"lga_image": {"p50_ms": 1.0}}}}}
+
+    results = {"compute": {"image_graph_flops": {"flops": 10**9}, "matmul_peak": {"gflops_best": 100.0},
+                           "gpu_matmul_peak": {"gflops_best": {"fp32": 50_000.0, "fp16": 800_000.0}}},
+               "cases": {"torch-fp16": case("fp16", False), "trt-fp32": case("fp32", False),
+                         "torch-int8-gpu": case("int8", False), "ort-int8": case("int8", True)}}
+    _add_gflops(results)
+    figures = {label: c["batches"]["1"] for label, c in results["cases"].items()}
+    assert figures["torch-fp16"]["image_gflops"] == pytest.approx(1000.0)
+    assert figures["torch-fp16"]["image_fraction_of_matmul_peak"] == pytest.approx(1000 / 800_000)
+    assert figures["trt-fp32"]["image_fraction_of_matmul_peak"] == pytest.approx(1000 / 50_000)
+    assert figures["torch-int8-gpu"]["image_fraction_of_matmul_peak"] is None
+    assert figures["ort-int8"]["image_fraction_of_matmul_peak"] == pytest.approx(10.0)
+    assert figures["ort-int8"]["matmul_peak_of"] == "cpu fp32" and figures["trt-fp32"]["matmul_peak_of"] == "gpu fp32"
+
+
+def test_torch_matmul_peak_measures_every_precision():
+    from lga_export.bench.compute import torch_matmul_peak
+
+    peak = torch_matmul_peak("cpu", size=64, warmup=1, iters=2)
+    assert set(peak["gflops_best"]) == {"fp32", "fp16", "bf16"} and all(v > 0 for v in peak["gflops_best"].values())

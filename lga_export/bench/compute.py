@@ -74,3 +74,33 @@ def matmul_peak(size: int = 2048, threads: int | None = None, warmup: int = 2, i
     return {"size": size, "threads": threads, "iters": iters, "flops": flops,
             "best_s": best, "median_s": median, "gflops_best": flops / best / 1e9,
             "gflops_median": flops / median / 1e9, "provider": "CPUExecutionProvider"}
+
+
+def torch_matmul_peak(device: str, size: int = 4096, warmup: int = 2, iters: int = 8) -> dict[str, Any]:
+    """GFLOP/s of a square torch matmul on `device` per precision (fp32 with TF32 off, fp16,
+    bf16): the peak GPU cases are compared with - a CPU MatMul peak is no yardstick for a GPU."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    peaks: dict[str, Any] = {}
+    try:
+        for name, dtype in dtypes.items():
+            a = torch.randn(size, size, device=device).to(dtype)
+            b = torch.randn(size, size, device=device).to(dtype)
+            for _ in range(warmup):
+                torch.matmul(a, b)
+            times = []
+            for _ in range(iters):
+                sync()
+                start = time.perf_counter()
+                torch.matmul(a, b)
+                sync()
+                times.append(time.perf_counter() - start)
+            peaks[name] = 2.0 * size ** 3 / min(times) / 1e9
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    return {"device": str(device), "size": size, "iters": iters, "gflops_best": peaks,
+            "method": "torch.matmul, best of iters, TF32 off for fp32"}

@@ -21,7 +21,7 @@ import numpy as np
 
 from lga_export.bench.cases import REFERENCE, Case, export_needs, parse_list, plan_cases
 from lga_export.bench.gates import check_gates
-from lga_export.bench.machine import device_memory_mb, machine_info, peak_rss_mb
+from lga_export.bench.machine import DeviceMemory, machine_info, peak_rss_mb, release_device_memory
 from lga_export.bench.timing import measure
 from lga_export.errors import LGAError, ValidationFailed
 from lga_export.export.specs import IMAGE_GRAPH, PRECISIONS, TEXT_GRAPH, image_feeds, tolerance
@@ -120,6 +120,7 @@ class _Context:
         self.names = [s.name for s in samples]
         self.reference: dict[int, Outputs] = {}
         self.reference_latency: dict[int, dict[str, float]] = {}
+        self.memory: DeviceMemory | None = None  # the running case's, on a GPU
 
 
 def _latencies(runner, segmenter: Segmenter, ctx: _Context, batch: int) -> dict[str, Any]:
@@ -156,7 +157,11 @@ def _run_case(case: Case, runner, ctx: _Context, progress) -> dict[str, Any]:
             ctx.reference[batch] = outputs
         pair = compare_outputs(ctx.reference[min(ctx.reference)], outputs, ctx.names, tolerance(case.precision),
                                (REFERENCE.label, case.label))
+        if ctx.memory is not None:
+            ctx.memory.sample()  # after activation and the parity run
         timing = _latencies(runner, segmenter, ctx, batch)
+        if ctx.memory is not None:
+            ctx.memory.sample()
         figures: dict[str, Any] = {"parity": pair.to_dict(), "ground_truth": _ground_truth(outputs.logits, ctx.samples),
                                    "latency": {part: lat.to_dict() for part, lat in timing.items()}}
         if case == REFERENCE:
@@ -170,8 +175,8 @@ def _run_case(case: Case, runner, ctx: _Context, progress) -> dict[str, Any]:
     entry: dict[str, Any] = {"backend": case.backend, "precision": case.precision, "runner": runner.describe(),
                              "description": runner.description().to_dict(), "batches": batches,
                              "peak_rss_mb_so_far": peak_rss_mb()}
-    if ctx.device.startswith("cuda"):
-        entry["device_memory"] = device_memory_mb()
+    if ctx.memory is not None:
+        entry["device_memory"] = ctx.memory.result()
     return entry
 
 
@@ -216,7 +221,7 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
     import torch
     from tqdm import tqdm
 
-    from lga_export.bench.compute import image_graph_flops, matmul_peak
+    from lga_export.bench.compute import image_graph_flops, matmul_peak, torch_matmul_peak
     from lga_export.bench.plots import write_plots
     from lga_export.bench.report import render_report
     from lga_export.checkpoint import model_digest
@@ -245,6 +250,7 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
         log("counting image-graph FLOPs and measuring the ONNX Runtime MatMul peak ...")
         flops = image_graph_flops(model, batch=1)
         peak = matmul_peak(settings.matmul_size, threads)
+        gpu_peak = torch_matmul_peak(device) if device.startswith("cuda") else None  # GPU cases' yardstick
         results_cases: dict[str, Any] = {}
         runnable, skipped = plan_cases(settings.backends, settings.precisions, device, artifact,
                                        settings.engines_dir, settings.exclude, export_problem)
@@ -252,8 +258,9 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
                    disable=not progress)
         with bar:
             for case in runnable:
-                if device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
+                if device.startswith("cuda"):  # each case's memory above what is left before it
+                    release_device_memory(model)
+                    ctx.memory = DeviceMemory()
                 try:
                     source_, options = _runner_options(case, model, artifact, settings, onnx_dir)
                     with open_runner(case.backend, source_, case.precision, device, model_digest=digest,
@@ -280,7 +287,7 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
             "samples": {"source": source, "names": ctx.names},
             "reference": REFERENCE.label,
             "int8": artifact.manifest.get("int8") if artifact else None,
-            "compute": {"image_graph_flops": flops, "matmul_peak": peak},
+            "compute": {"image_graph_flops": flops, "matmul_peak": peak, "gpu_matmul_peak": gpu_peak},
             "cases": results_cases,
             "skipped": skipped,
             "peak_rss_mb": peak_rss_mb(),
@@ -302,12 +309,18 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
 
 
 def _add_gflops(results: dict[str, Any]) -> None:
-    """Achieved image-graph GFLOP/s per case and batch (FLOPs at batch 1 scale linearly with batch)."""
+    """Achieved image-graph GFLOP/s per case and batch (FLOPs at batch 1 scale linearly with batch),
+    as a fraction of the peak of where the case ran: a GPU case against the matmul peak of its
+    precision measured on that GPU (none for INT8), a CPU case against ONNX Runtime's CPU MatMul."""
     flops = results["compute"]["image_graph_flops"].get("flops")
-    peak = results["compute"]["matmul_peak"]["gflops_best"]
+    cpu_peak = results["compute"]["matmul_peak"]["gflops_best"]
+    gpu_peak = results["compute"].get("gpu_matmul_peak")
     for case in results["cases"].values():
+        on_gpu = gpu_peak is not None and not case.get("description", {}).get("on_cpu", True)
+        peak = gpu_peak["gflops_best"].get(case["precision"]) if on_gpu else cpu_peak
         for batch, figures in case["batches"].items():
             if flops:
                 achieved = flops * int(batch) / (figures["latency"][IMAGE_GRAPH]["p50_ms"] / 1000.0) / 1e9
                 figures["image_gflops"] = achieved
                 figures["image_fraction_of_matmul_peak"] = achieved / peak if peak else None
+                figures["matmul_peak_of"] = f"gpu {case['precision']}" if on_gpu else "cpu fp32"

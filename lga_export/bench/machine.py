@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import resource
@@ -22,14 +23,51 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def device_memory_mb() -> dict[str, Any]:
-    """GPU memory in MiB: in use on the device as the driver sees it (every library's allocations:
-    TensorRT, ONNX Runtime, PyTorch) and PyTorch's own allocator peak, labelled as such."""
-    import torch
+class DeviceMemory:
+    """GPU memory of one bench case, as a peak above a baseline taken before it.
 
-    free, total = torch.cuda.mem_get_info()
-    return {"driver_used_mb": (total - free) / 2**20, "driver_total_mb": total / 2**20,
-            "torch_allocator_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    Made after the previous case's memory was freed (the reference model moved back to the CPU,
+    PyTorch's cached blocks emptied), so a case is not charged with another's weights. Driver
+    figures (every library: TensorRT, ONNX Runtime, PyTorch) come from `mem_get_info`, which is a
+    snapshot, so their peak is the highest of the snapshots `sample()` took during the case;
+    PyTorch's allocator peak is exact but counts only PyTorch's own allocations."""
+
+    def __init__(self) -> None:
+        import torch
+
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        self.baseline_used = self._driver_used()
+        self.baseline_torch = torch.cuda.memory_allocated()
+        self.peak_used = self.baseline_used
+
+    @staticmethod
+    def _driver_used() -> int:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+
+    def sample(self) -> None:
+        """Take a driver snapshot (call after activation and after each batch's work)."""
+        self.peak_used = max(self.peak_used, self._driver_used())
+
+    def result(self) -> dict[str, Any]:
+        import torch
+
+        self.sample()
+        return {"driver_baseline_mb": self.baseline_used / 2**20,
+                "driver_peak_above_baseline_mb": (self.peak_used - self.baseline_used) / 2**20,
+                "driver_note": "highest of mem_get_info snapshots during the case (sampled, not a true peak)",
+                "torch_allocator_peak_above_baseline_mb":
+                    (torch.cuda.max_memory_allocated() - self.baseline_torch) / 2**20}
+
+
+def release_device_memory(model) -> None:
+    """Move the reference model back to the CPU so the next case starts without its weights."""
+    model.to("cpu")
 
 
 def machine_info() -> dict[str, Any]:

@@ -59,13 +59,20 @@ def _compute_lines(results: dict[str, Any]) -> list[str]:
              f"- FP32 MatMul peak (ONNX Runtime CPU, {peak['size']}x{peak['size']}, {peak['threads']} threads): "
              f"{peak['gflops_best']:.1f} GFLOP/s best, {peak['gflops_median']:.1f} GFLOP/s median of {peak['iters']}.",
              "- GFLOP/s = the FP32 graph's FLOPs x batch / image-graph p50. BF16, FP16 and INT8 run other "
-             "instructions, so they can exceed the FP32 MatMul peak.",
-             "", "| backend | precision | batch | image graph GFLOP/s | of FP32 MatMul peak |", "| --- | --- | ---: | ---: | ---: |"]
+             "instructions, so they can exceed the FP32 MatMul peak."]
+    gpu = results["compute"].get("gpu_matmul_peak")
+    if gpu:
+        lines.append(f"- GPU matmul peak ({gpu['method']}, {gpu['size']}x{gpu['size']}): "
+                     + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gpu["gflops_best"].items())
+                     + "; a GPU case is compared with the peak of its own precision (INT8: none).")
+    lines += ["", "| backend | precision | batch | image graph GFLOP/s | of MatMul peak | peak of |",
+              "| --- | --- | ---: | ---: | ---: | --- |"]
     for case in results["cases"].values():
         for batch, figures in case["batches"].items():
             fraction = figures.get("image_fraction_of_matmul_peak")
             lines.append(f"| {case['backend']} | {case['precision']} | {batch} | {_f(figures.get('image_gflops'))} | "
-                         f"{f'{fraction:.0%}' if fraction is not None else '-'} |")
+                         f"{f'{fraction:.0%}' if fraction is not None else '-'} | "
+                         f"{figures.get('matmul_peak_of', 'cpu fp32')} |")
     return lines
 
 
