@@ -519,6 +519,38 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (Linux), even by SIGKILL."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_capped(command: list[str], log, cap_s: float) -> int | None:
+    """Run `command` in a process group of its own (torch.compile's workers included) with output to
+    `log`; its exit code, or None when it hit `cap_s` and the group was killed. The group is in its
+    own session, so the shell's `timeout` around this process cannot reach it: a SIGTERM here kills
+    the group before this process goes, and the child dies with its parent on anything else."""
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               preexec_fn=_die_with_parent)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        _kill_group(process)
+        signal.signal(signal.SIGTERM, previous if callable(previous) else signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return process.wait(timeout=cap_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def measure_compiled(bundle: Path, preset: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """torch.compile in a child process under a time cap (inductor's workers die with its group)."""
     result_file = out / f".{preset}.{COMPILE_VARIANT}.json"
@@ -529,13 +561,10 @@ def measure_compiled(bundle: Path, preset: str, out: Path, args: argparse.Namesp
     log_file = out / f"{preset}.compile.log"
     started = time.perf_counter()
     with open(log_file, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = process.wait(timeout=args.compile_timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            return {"status": "skipped", "reason": f"torch.compile did not finish within the "
-                    f"{args.compile_timeout} s cap (killed)", "seconds": round(time.perf_counter() - started, 1)}
+        code = run_capped(command, log, args.compile_timeout)
+    if code is None:
+        return {"status": "skipped", "reason": f"torch.compile did not finish within the "
+                f"{args.compile_timeout} s cap (killed)", "seconds": round(time.perf_counter() - started, 1)}
     seconds = round(time.perf_counter() - started, 1)
     if code != 0 or not result_file.is_file():
         tail = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]

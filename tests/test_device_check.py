@@ -90,3 +90,48 @@ def test_prepare_refuses_a_bundle_over_the_limit(device_check, tmp_path: Path, m
     assert device_check.main(["prepare", str(target), "--presets", "tiny", "--samples", "1"]) == 2
     assert "over the" in capsys.readouterr().err
     assert not target.exists() and not list(tmp_path.glob(".big.*"))  # nothing half-written left behind
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_a_killed_check_takes_its_compile_child_along(tmp_path: Path, signame: str) -> None:
+    """#22 risk: the torch.compile child runs in a session of its own, out of reach of the shell's
+    `timeout`; killing the check (SIGTERM from `timeout`, SIGKILL after --kill-after) must not leave
+    it holding the GPU. The child here is a sleeping Python that spawned a worker of its own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "child.log"
+    child = ("import os, subprocess, time; w = subprocess.Popen(['sleep', '60']); "
+             "print(os.getpid(), w.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('dc', {str(REPO / 'benchmarks' / 'device_check.py')!r})\n"
+        "dc = importlib.util.module_from_spec(spec); spec.loader.exec_module(dc)\n"
+        f"with open({str(log)!r}, 'w') as log:\n"
+        f"    dc.run_capped([sys.executable, '-c', {child!r}], log, 120)\n")])
+    deadline = time.time() + 60
+    while not log.is_file() or not log.read_text().strip():
+        assert time.time() < deadline and parent.poll() is None, "the child never started"
+        time.sleep(0.1)
+    pid, worker = map(int, log.read_text().split()[:2])
+    parent.send_signal(getattr(signal, signame))
+    parent.wait(timeout=20)
+    gone = [pid, worker] if signame == "SIGTERM" else [pid]  # after SIGKILL only the direct child is reached
+    deadline = time.time() + 10
+    while any(map(_alive, gone)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, gone)), f"the compile child or its worker outlived the check ({signame})"
+    if signame == "SIGKILL":
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
