@@ -15,7 +15,8 @@ DataOption = typer.Option(..., "--data", help="Dataset root in the LViT layout: 
 
 def train(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, "
-                                         "vit_h, tiny (default: tiny, or the saved run's with --resume)."),
+                                         "vit_h, tiny, lite (LiteMedSAM's pretrained encoder; default: tiny, or the "
+                                         "saved run's with --resume)."),
     data: Path = DataOption,
     out: Path = typer.Option(..., "--out", help="Run folder: best.safetensors, last/, metrics, learning curve."),
     sam_checkpoint: Optional[Path] = SamCheckpointOption,
@@ -38,6 +39,12 @@ def train(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out broken samples (counted) instead of failing."),
     force: bool = typer.Option(False, "--force", help="Start over in an --out that already holds a run."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    bf16: bool = typer.Option(False, "--bf16", help="BF16 autocast for the forward pass (2-3x faster on CPUs "
+                              "with native BF16: avx512_bf16 or AMX)."),
+    no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Recompute the frozen encoder stages "
+                                         "before the first FFM every step (by default, with --no-augment and a "
+                                         "frozen lite encoder, they are computed once per image and cached)."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", min=1, help="Also validate every N steps."),
 ) -> None:
     """Train an LGA model (paper §3.2 recipe by default), validating every epoch."""
     quiet_libraries()
@@ -62,7 +69,8 @@ def train(
     settings = TrainSettings(data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, max_steps=max_steps,
                              augment=not no_augment, grad_clip=grad_clip, train_limit=limit_train,
-                             val_limit=limit_val, skip_bad=skip_bad, resume=resume, force=force)
+                             val_limit=limit_val, skip_bad=skip_bad, resume=resume, force=force, bf16=bf16,
+                             prefix_cache=not no_prefix_cache, val_every=val_every)
     summary = run_training(config, settings, sam_checkpoint)
     final = summary["final"] or {}
     typer.echo(f"done: {summary['steps_done']} steps, best val Dice {summary['best_val_dice']:.4f} "

@@ -7,17 +7,23 @@ from dataclasses import dataclass
 from torch import nn
 
 from lga_export.config import LGAConfig
+from lga_export.families import family_of
 from lga_export.modeling.lga import LGA
 from lga_export.modeling.text_encoder import load_text_backbone
 
 
-def build_lga(config: LGAConfig, text_backbone: nn.Module | None = None) -> LGA:
-    """A ready LGA (eval mode) with the config's freezing applied."""
+def build_lga(config: LGAConfig, text_backbone: nn.Module | None = None, *, pretrained: bool = True) -> LGA:
+    """A ready LGA (eval mode) of the config's family with the config's freezing applied and, with
+    `pretrained`, the family's default weights loaded (LiteMedSAM for `lite`; none for SAM-ViT)."""
     if config.text_source == "report" and text_backbone is None:
         text_backbone = load_text_backbone(config.text_model)
-    model = LGA(config, text_backbone)
+    family = family_of(config)
+    model = family.build(config, text_backbone)
     apply_freezing(model)
-    return model.eval()
+    model.eval()
+    if pretrained:
+        family.load_default_weights(model)
+    return model
 
 
 def apply_freezing(model: LGA) -> None:
@@ -58,6 +64,7 @@ def model_parts(model: LGA) -> list[tuple[str, nn.Module]]:
     parts.append(("image_encoder", model.image_encoder))
     for index, ffm in enumerate(model.ffms, start=1):
         parts.append((f"ffm_{index}", ffm))
+    parts.extend(family_of(model.config).extra_parts(model))
     parts.append(("mask_decoder", model.mask_decoder))
     return parts
 

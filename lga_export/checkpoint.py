@@ -137,10 +137,13 @@ def model_digest(model: nn.Module) -> str:
 
 
 def _stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state minus a frozen, pretrained text backbone (referenced by name instead)."""
+    """The model's state minus what a verified package provides when the model is built: a frozen,
+    pretrained text backbone (referenced by name) and the family's pretrained frozen parts."""
     from lga_export.build import frozen_text_backbone
+    from lga_export.families import family_of
 
-    skip = "text_encoder.backbone." if frozen_text_backbone(model) else None
+    skip = (("text_encoder.backbone.",) if frozen_text_backbone(model) else ()) + \
+        family_of(model.config).provided_prefixes(model)
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()
             if not (skip and k.startswith(skip))}
 

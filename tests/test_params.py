@@ -56,7 +56,8 @@ def test_ffm_placement_spreads_over_depth():
     assert get_preset("vit_l").ffm_block_indexes == (0, 8, 16)
     assert get_preset("vit_h").ffm_block_indexes == (0, 10, 21)
     assert get_preset("vit_b").replace(num_ffms=1).ffm_block_indexes == ()
-    assert set(PRESETS) == {"vit_b", "vit_l", "vit_h", "tiny"}
+    assert set(PRESETS) == {"vit_b", "vit_l", "vit_h", "tiny", "lite"}
+    assert get_preset("lite").ffm_stage_indexes == (2, 3) and get_preset("lite").replace(num_ffms=4).ffm_stage_indexes == (1, 2, 3)
 
 
 def test_bad_preset_and_knobs_are_one_line_errors():

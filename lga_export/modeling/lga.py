@@ -78,21 +78,7 @@ class LGA(nn.Module):
 
     def decode(self, image_embedding: torch.Tensor) -> torch.Tensor:
         """BxDxgxg -> mask logits Bx1xSxS (S = config.mask_size), SAM's decoder with no prompts."""
-        decoder = self.mask_decoder
-        b, _, h, w = image_embedding.shape
-        image_pe = self.dense_pe((h, w)).unsqueeze(0)  # as PromptEncoder.get_dense_pe()
-        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = tokens.unsqueeze(0).expand(b, -1, -1)
-        hs, src = decoder.transformer(image_embedding, image_pe, tokens)
-        src = src.transpose(1, 2).reshape(b, -1, h, w)
-        upscaled = decoder.output_upscaling(src)
-        hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :]).unsqueeze(1)  # first mask token
-        uc, uh, uw = upscaled.shape[1:]
-        logits = (hyper @ upscaled.reshape(b, uc, uh * uw)).reshape(b, 1, uh, uw)
-        size = self.config.mask_size
-        if (uh, uw) != (size, size):
-            logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-        return logits
+        return decode_without_prompts(self.mask_decoder, self.dense_pe, image_embedding, self.config.mask_size)
 
     def forward_image(self, image: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
         """The fused image graph: image + text embedding -> mask logits."""
@@ -100,3 +86,25 @@ class LGA(nn.Module):
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.forward_image(image, self.encode_text(input_ids, attention_mask))
+
+
+def decode_without_prompts(decoder: MaskDecoder, dense_pe: PositionEmbeddingRandom, image_embedding: torch.Tensor,
+                           mask_size: int, dense_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    """SAM's mask decoder run with only its output tokens (no sparse prompts): BxDxgxg -> Bx1xSxS
+    logits of the first mask token. `dense_embedding` (1xD, SAM's no-mask embedding) is added to the
+    image embedding as SAM's decoder does when no mask prompt is given; LGA on SAM-ViT leaves it out."""
+    b, _, h, w = image_embedding.shape
+    image_pe = dense_pe((h, w)).unsqueeze(0)  # as PromptEncoder.get_dense_pe()
+    if dense_embedding is not None:
+        image_embedding = image_embedding + dense_embedding.reshape(1, -1, 1, 1)
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = tokens.unsqueeze(0).expand(b, -1, -1)
+    hs, src = decoder.transformer(image_embedding, image_pe, tokens)
+    src = src.transpose(1, 2).reshape(b, -1, h, w)
+    upscaled = decoder.output_upscaling(src)
+    hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :]).unsqueeze(1)  # first mask token
+    uc, uh, uw = upscaled.shape[1:]
+    logits = (hyper @ upscaled.reshape(b, uc, uh * uw)).reshape(b, 1, uh, uw)
+    if (uh, uw) != (mask_size, mask_size):
+        logits = F.interpolate(logits, size=(mask_size, mask_size), mode="bilinear", align_corners=False)
+    return logits

@@ -22,8 +22,12 @@ class SampleScore:
     text: str
 
 
-def predict_logits(model, embedder, samples: list[Sample], batch_size: int = 8, progress: bool = False):
-    """Yield (sample, 1xMxM numpy logits) in order, with no gradients."""
+def predict_logits(model, embedder, samples: list[Sample], batch_size: int = 8, progress: bool = False,
+                   prefixes=None, bf16: bool = False):
+    """Yield (sample, 1xMxM numpy logits) in order, with no gradients (from cached prefix tokens
+    when `prefixes`, a PrefixCache over `samples`, is given)."""
+    from lga_export.training.loop import forward_batch
+
     from tqdm import tqdm
 
     dataset = SegmentationDataset(samples, model.config, train=False)
@@ -33,18 +37,18 @@ def predict_logits(model, embedder, samples: list[Sample], batch_size: int = 8, 
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
-                logits = model.forward_image(batch["pixels"], embedder(batch["text"])).numpy()
+                logits = forward_batch(model, embedder, batch, prefixes, bf16).numpy()
                 for index, item in zip(batch["index"], logits):
                     yield samples[index], item
     finally:
         model.train(was_training)
 
 
-def score_samples(model, embedder, samples: list[Sample], batch_size: int = 8,
-                  progress: bool = False) -> list[SampleScore]:
+def score_samples(model, embedder, samples: list[Sample], batch_size: int = 8, progress: bool = False,
+                  prefixes=None, bf16: bool = False) -> list[SampleScore]:
     """Per-sample Dice / IoU with the prediction upsampled to the ground truth's size."""
     scores = []
-    for sample, logits in predict_logits(model, embedder, samples, batch_size, progress):
+    for sample, logits in predict_logits(model, embedder, samples, batch_size, progress, prefixes, bf16):
         scores.append(SampleScore(sample.name, *score_logits(logits, read_mask(sample.mask)), sample.text))
     return scores
 

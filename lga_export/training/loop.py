@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 BEST_FILE = "best.safetensors"
 _RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "augment", "grad_clip",
-                  "train_split", "val_split", "train_limit", "val_limit")  # must not change on --resume
+                  "train_split", "val_split", "train_limit", "val_limit", "bf16", "prefix_cache")  # must not change on --resume
 OUTPUT_FILES = (BEST_FILE, "metrics.csv", "metrics.jsonl", "steps.csv", "learning_curve.png", "train.json")
 
 
@@ -54,6 +54,9 @@ class TrainSettings:
     save_every: int = 100  # steps between `last` saves (also saved at every epoch end and stop)
     log_every: int = 10
     eval_batch_size: int = 8
+    bf16: bool = False  # BF16 autocast for the forward pass (CPUs with native BF16)
+    prefix_cache: bool = True  # cache the frozen stages before the first FFM (needs augment off)
+    val_every: int | None = None  # validate every N steps as well as at each epoch end
     resume: bool = False
     force: bool = False
     progress: bool = True
@@ -95,12 +98,26 @@ def _write_metrics(out: Path, history: list[dict[str, Any]], steps: list[dict[st
     learning_curve(history, steps, out / "learning_curve.png")
 
 
+def forward_batch(model, embedder, batch: dict, prefixes=None, bf16: bool = False) -> torch.Tensor:
+    """Mask logits of a batch: from cached prefix tokens when `prefixes` (a PrefixCache) is given,
+    else from the pixels; the forward pass under BF16 autocast with `bf16`."""
+    tokens = prefixes.get(batch["index"], batch["pixels"]) if prefixes is not None else None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        text = embedder(batch["text"])
+        if tokens is not None:
+            logits = model.forward_suffix(tokens, text)
+        else:
+            logits = model.forward_image(batch["pixels"], text)
+    return logits.float()
+
+
 def train_step(model, optimizer: torch.optim.Optimizer, embedder, batch: dict,
-               params: list[torch.nn.Parameter], grad_clip: float | None = None) -> torch.Tensor:
+               params: list[torch.nn.Parameter], grad_clip: float | None = None, prefixes=None,
+               bf16: bool = False) -> torch.Tensor:
     """One optimizer step on a batch (image, mask, text); returns the loss before the step."""
     from lga_export.training.losses import segmentation_loss
 
-    logits = model.forward_image(batch["pixels"], embedder(batch["text"]))
+    logits = forward_batch(model, embedder, batch, prefixes, bf16)
     loss = segmentation_loss(logits, batch["mask"])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -136,6 +153,7 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
     from lga_export.training.evaluate import score_samples, summarize
     from lga_export.training.schedule import lr_at
     from lga_export.training.state import load_last_state, save_last_state
+    from lga_export.training.prefix_cache import PrefixCache, supports_prefix_cache
     from lga_export.training.text_cache import TextEmbedder
 
     out = Path(settings.out)
@@ -184,6 +202,11 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
 
     embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
     dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed)
+    train_prefixes = val_prefixes = None
+    if settings.prefix_cache and not settings.augment and supports_prefix_cache(model):
+        train_prefixes = PrefixCache(model, train_samples, out / "prefix_cache", "train")
+        val_prefixes = PrefixCache(model, val_samples, out / "prefix_cache", "val")
+        log.info("caching the frozen encoder stages before the first FFM in %s", out / "prefix_cache")
     steps_per_epoch = max(1, len(dataset) // settings.batch_size)  # drop_last: equal batches
     total_steps = settings.epochs * steps_per_epoch
     stop_at = min(total_steps, settings.max_steps) if settings.max_steps else total_steps
@@ -197,10 +220,14 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
              len(val_samples), stop_at)
 
     def checkpoint_last() -> None:
+        for cache in (train_prefixes, val_prefixes):
+            if cache is not None:
+                cache.flush()
         save_last_state(out, model, optimizer, progress)
 
     def validate(epoch: float, train_loss: float) -> None:
-        scores = score_samples(model, embedder, val_samples, settings.eval_batch_size)
+        scores = score_samples(model, embedder, val_samples, settings.eval_batch_size, prefixes=val_prefixes,
+                               bf16=settings.bf16)
         summary = summarize(scores)
         row = {"epoch": round(epoch, 3), "step": progress["step"], "train_loss": round(train_loss, 6),
                "val_dice": round(summary["dice"], 6), "val_miou": round(summary["miou"], 6),
@@ -235,7 +262,8 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
                 lr = lr_at(step, settings.lr, settings.warmup_steps, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = train_step(model, optimizer, embedder, batch, params, settings.grad_clip)
+                loss = train_step(model, optimizer, embedder, batch, params, settings.grad_clip, train_prefixes,
+                                  settings.bf16)
                 if not math.isfinite(loss.item()):
                     raise LGAError(f"the loss became {loss.item()} at step {step}; lower --lr")
                 progress["step"] = step + 1
@@ -247,7 +275,8 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
                 end_of_epoch = progress["step"] % steps_per_epoch == 0
-                if end_of_epoch or progress["step"] >= stop_at:
+                if end_of_epoch or progress["step"] >= stop_at or (
+                        settings.val_every and progress["step"] % settings.val_every == 0):
                     validate(progress["step"] / steps_per_epoch, sum(losses) / len(losses))
                     checkpoint_last()
                     if progress["step"] >= stop_at:
