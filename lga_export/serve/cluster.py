@@ -34,7 +34,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+            # address="local": a new instance even when another one on this machine registered itself
+            # in /tmp/ray (ray.init() alone would join that one, and its CPUs and Serve apps)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise LGAError(f"cannot start or join {where} ({one_line(exc)}); check --address "
