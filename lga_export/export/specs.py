@@ -146,7 +146,7 @@ def text_graph_spec(config: LGAConfig) -> GraphSpec:
         name=TEXT_GRAPH,
         inputs=(TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)),
                 TensorSpec(ATTENTION_MASK, "int64", (BATCH, SEQUENCE))),
-        outputs=(TensorSpec(TEXT_EMBEDDING, "float32", (BATCH, 1, config.embed_dim)),),
+        outputs=(TensorSpec(TEXT_EMBEDDING, "float32", (BATCH, 1, config.text_dim)),),
         masks=False,
     )
 
@@ -157,7 +157,7 @@ def image_graph_spec(config: LGAConfig) -> GraphSpec:
     return GraphSpec(
         name=IMAGE_GRAPH,
         inputs=(TensorSpec(IMAGE, "float32", (BATCH, 3, size, size)),
-                TensorSpec(TEXT_EMBEDDING, "float32", (BATCH, 1, config.embed_dim))),
+                TensorSpec(TEXT_EMBEDDING, "float32", (BATCH, 1, config.text_dim))),
         outputs=(TensorSpec(MASK_LOGITS, "float32", (BATCH, 1, mask, mask)),),
         masks=True,
     )

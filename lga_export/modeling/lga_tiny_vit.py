@@ -46,6 +46,20 @@ def tiny_vit_encoder(config: LGAConfig) -> nn.Module:
                    drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3)
 
 
+def run_stage(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One TinyViT stage (its blocks, then its PatchMerging), as `layer(x)` computes it, except that
+    tokens reach PatchMerging already as B x C x H x W: its own reshape takes the batch from
+    `len(x)`, which an ONNX export turns into a constant (the batch would no longer be dynamic)."""
+    for block in layer.blocks:
+        x = block(x)
+    if layer.downsample is not None:
+        if x.ndim == 3:
+            h, w = layer.downsample.input_resolution
+            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+        x = layer.downsample(x)
+    return x
+
+
 class LGATinyViT(nn.Module):
     """image Bx3x256x256 (min-max normalised), input_ids / attention_mask BxS -> logits Bx1x256x256."""
 
@@ -100,9 +114,9 @@ class LGATinyViT(nn.Module):
         """The stages before the first FFM, which do not depend on the report: Bx3xHxW -> tokens BxNxC.
         Training computes them once per image and caches them (the encoder is frozen)."""
         encoder = self.image_encoder
-        x = encoder.layers[0](encoder.patch_embed(image))
-        for index in range(1, self.first_fused_stage):
-            x = encoder.layers[index](x)
+        x = encoder.patch_embed(image)
+        for index in range(self.first_fused_stage):
+            x = run_stage(encoder.layers[index], x)
         return x
 
     def encode_suffix(self, tokens: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
@@ -112,7 +126,7 @@ class LGATinyViT(nn.Module):
             text, x = self.ffms[position](text, x)
             if position < len(self.text_carry):
                 text = self.text_carry[position](text)
-            x = encoder.layers[index](x)
+            x = run_stage(encoder.layers[index], x)
         _, x = self.ffms[-1](text, x)
         b, _, c = x.shape
         g = self.config.grid_size
