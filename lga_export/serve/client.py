@@ -75,13 +75,15 @@ class Answer:
 class Client:
     """One keep-alive connection to a server (one per thread)."""
 
-    def __init__(self, url: str, timeout: float = 120.0, allow_remote: bool = False) -> None:
+    def __init__(self, url: str, timeout: float = 120.0, allow_remote: bool = False,
+                 api_key: str | None = None) -> None:
         if allow_remote:
             parts = urlsplit(url)
             self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         else:
             self.host, self.port = require_loopback(url)
         self.timeout = timeout
+        self.auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.connection: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: bytes | None = None,
@@ -90,7 +92,7 @@ class Client:
             if self.connection is None:
                 self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
-                self.connection.request(method, path, body=body, headers=headers or {})
+                self.connection.request(method, path, body=body, headers={**self.auth, **(headers or {})})
                 response = self.connection.getresponse()
                 data = response.read()
                 answer = Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, data)

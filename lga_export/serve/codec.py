@@ -34,6 +34,12 @@ def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> np.ndar
             return read_image(path, max_pixels=max_pixels)
         except LGAError as exc:
             raise LGAError(str(exc).replace(str(path), name)) from None
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
+            # a decoder tripping over a malformed header value (e.g. a DICOM NumberOfFrames of
+            # "abc"): the upload's fault, so a 400 naming it, never a 500
+            detail = " ".join(str(exc).replace(str(path), name).split())[:200] or type(exc).__name__
+            raise LGAError(f"{name}: cannot read this image ({type(exc).__name__}: {detail}); "
+                           f"check the file or re-export it") from None
 
 
 def png_bytes(array: np.ndarray) -> bytes:
