@@ -234,7 +234,7 @@ def _text_embeddings_random(config, texts: list[str], seed: int) -> np.ndarray:
     from lga_export.modeling.text_encoder import TextEncoder, load_text_backbone, load_text_tokenizer
 
     torch.manual_seed(seed)
-    encoder = TextEncoder(load_text_backbone(config.text_model), config.embed_dim).eval()
+    encoder = TextEncoder(load_text_backbone(config.text_model), config.text_dim).eval()
     feeds = load_text_tokenizer(config.text_model).encode(texts, config.max_text_length)
     names = specs_by_name(config)[TEXT_GRAPH].input_names
     with torch.inference_mode():
@@ -286,7 +286,7 @@ def prepare_preset(preset: str, samples, seed: int, folder: Path, log: Callable[
         del again
         embeddings = _text_embeddings_random(config, texts, seed + 1)
         weights = {"kind": "seed", "seed": seed, "model_digest": model_digest(model),
-                   "text_embeddings": f"MiniLM mean-pooled through a random Linear(384 -> {config.embed_dim}) "
+                   "text_embeddings": f"MiniLM mean-pooled through a random Linear(384 -> {config.text_dim}) "
                                       f"(seed {seed + 1}), CPU FP32"}
     weights["image_graph_digest"] = image_graph_digest(model)
     pixels = _resized_pixels(samples, config.image_size)

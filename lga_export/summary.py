@@ -6,16 +6,19 @@ import dataclasses
 from typing import Any
 
 from lga_export.build import count_parameters
+from lga_export.families import family_of
 
 
 def model_summary(model) -> dict[str, Any]:
     """JSON-ready summary: config, per-part counts and the paper's totals (LGA, decoder)."""
     parts = count_parameters(model)
-    adapter = sum(p.trainable for p in parts if p.name.startswith(("ffm_", "text_projection", "learnable_query")))
+    adapter = sum(p.trainable for p in parts if p.name.startswith(("ffm_", "text_projection", "learnable_query",
+                                                                  "text_carry")))
     decoder = next(p.trainable for p in parts if p.name == "mask_decoder")
     return {
         "config": dataclasses.asdict(model.config),
         "ffm_block_indexes": list(model.config.ffm_block_indexes),
+        "architecture": family_of(model.config).architecture(model.config),
         "text_width": getattr(model.text_encoder, "width", None),
         "parts": [{"name": p.name, "trainable": p.trainable, "frozen": p.frozen, "total": p.total} for p in parts],
         "trainable": sum(p.trainable for p in parts),
@@ -29,9 +32,7 @@ def render_summary(summary: dict[str, Any]) -> str:
     """Plain-text table of the summary (for the terminal)."""
     cfg = summary["config"]
     lines = [
-        f"LGA preset {cfg['preset']}: image {cfg['image_size']}px, ViT width {cfg['embed_dim']}, "
-        f"depth {cfg['depth']}, {cfg['num_ffms']} FFMs (full at blocks {summary['ffm_block_indexes']}, "
-        f"image-only after the last block)",
+        f"LGA preset {cfg['preset']}: image {cfg['image_size']}px, {summary['architecture']}",
         f"text: {cfg['text_source']} via {cfg['text_model']} (width {summary['text_width']}), "
         f"text MLP {'on' if cfg['text_mlp'] else 'off'}, ViT MLP {'on' if cfg['vit_mlp'] else 'off'}",
         "",

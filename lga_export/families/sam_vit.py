@@ -13,6 +13,12 @@ def build(config: LGAConfig, text_backbone: nn.Module | None) -> nn.Module:
     return LGA(config, text_backbone)
 
 
+def architecture(config: LGAConfig) -> str:
+    """One line for `info`: encoder shape and where the FFMs sit."""
+    return (f"SAM ViT width {config.embed_dim}, depth {config.depth}, {config.num_ffms} FFMs (full at blocks "
+            f"{list(config.ffm_block_indexes)}, image-only after the last block)")
+
+
 def load_default_weights(model: nn.Module) -> None:
     """SAM's weights are the user's file (--sam-checkpoint); nothing is loaded by default."""
 

