@@ -212,7 +212,7 @@ def run_level(url: str, concurrency: int, requests: int, duration: float,
     deadline = time.perf_counter() + duration
 
     def worker() -> None:
-        client = Client(url, timeout=300)
+        client = Client(url, timeout=300, api_key=os.environ.get("LGA_API_KEY"))  # the server's, if it has one
         while True:
             with lock:
                 if sent[0] >= requests or time.perf_counter() >= deadline:
@@ -427,7 +427,7 @@ def main() -> int:
                 print(f"  {server.ready_line} (launch to ready {startup} s)", flush=True)
             from lga_export.serve.client import Client
 
-            served = Client(url).get("/v1/model").json()
+            served = Client(url, api_key=os.environ.get("LGA_API_KEY")).get("/v1/model").json()
             record.update(backend=served["backend"], precision=served["precision"], model_digest=served["model"])
             result: dict[str, Any] = {"name": name, "options": options, "startup_s": startup,
                                       "ready_line": server.ready_line if server else None,
