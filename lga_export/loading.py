@@ -8,13 +8,22 @@ from typing import Any
 from lga_export.config import LGAConfig, get_preset
 from lga_export.errors import LGAError
 
-DEFAULT_PRESET = "tiny"
+DEFAULT_PRESET = "lite"
+EMBEDDED_MODELS = {"lite": "lga_lite_qata.safetensors", "tiny": "lga_tiny_qata.safetensors"}
+"""Trained models shipped with the package, in order of preference for the default: `lite` (LGA on
+LiteMedSAM, QaTa-COV19) and `tiny` (trained from scratch; small and fast, used by most tests)."""
+
+
+def embedded_checkpoint(preset: str) -> Path | None:
+    """The shipped checkpoint of `preset`, when this install has it."""
+    name = EMBEDDED_MODELS.get(preset)
+    path = Path(__file__).resolve().parent / "assets" / "default_model" / name if name else None
+    return path if path is not None and path.is_file() else None
 
 
 def default_checkpoint() -> Path | None:
-    """The embedded default model shipped with the package, when present."""
-    path = Path(__file__).resolve().parent / "assets" / "default_model" / "lga_tiny_qata.safetensors"
-    return path if path.is_file() else None
+    """The embedded default model: the first shipped checkpoint of EMBEDDED_MODELS."""
+    return next((path for path in map(embedded_checkpoint, EMBEDDED_MODELS) if path is not None), None)
 
 
 def resolve_config(preset: str | None, checkpoint: str | Path | None,

