@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import parse_qs
 
 import numpy as np
 
@@ -379,7 +380,8 @@ class LGADeployment:
                 return error(500, "the model produced NaN/Inf logits for this image; check the model's weights")
             inferred = time.perf_counter()
             png = await asyncio.to_thread(mask_png, done.mask)
-            preview = request.query_params.get("preview", "") in ("1", "true", "yes")
+            query = parse_qs(request.scope.get("query_string", b"").decode("latin-1"))
+            preview = query.get("preview", [""])[-1] in ("1", "true", "yes")
             image_png = await asyncio.to_thread(png_bytes, rgb) if preview else None
         except Reject as exc:
             return error(exc.status, exc.message, _STATUS_HEADERS.get(exc.status))
