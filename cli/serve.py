@@ -47,6 +47,10 @@ def serve(
                                                 "or set LGA_API_KEY. Never given on the command line."),
     allow_no_auth: bool = typer.Option(False, "--allow-no-auth", help="Listen on a non-loopback --host without an "
                                        "API key (e.g. behind your own authenticating proxy)."),
+    proxy_location: str = typer.Option("HeadOnly", "--proxy-location", help="On a cluster, where Serve's HTTP "
+                                       "proxies run: HeadOnly (a lost worker node drops no client connection) or "
+                                       "EveryNode (an ingress on every node; requests in flight through a lost "
+                                       "node are lost). Fixed by the first serve on a cluster, like --port."),
 ) -> None:
     """Serve segmentation over HTTP (Ray Serve): POST /v1/segment, GET /v1/health, GET /v1/model.
 
@@ -77,7 +81,8 @@ def serve(
     scaling = Scaling(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
                       cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica)
     serve_forever(settings, scaling, host=host, port=port, address=address, num_cpus=num_cpus,
-                  log=lambda line: typer.echo(line, err=False), api_key=api_key, allow_no_auth=allow_no_auth)
+                  log=lambda line: typer.echo(line, err=False), api_key=api_key, allow_no_auth=allow_no_auth,
+                  proxy_location=proxy_location)
 
 
 def register(app: typer.Typer) -> None:

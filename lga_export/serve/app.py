@@ -70,6 +70,10 @@ DEPLOYMENT_NAME = "LGASegmenter"
 HEALTH_APP, HEALTH_DEPLOYMENT, HEALTH_ROUTE = "lga-health", "LGAHealth", "/v1/health"
 UPLOAD_GRACE_S = 1.0  # a body still arriving after this long counts as a (slow) upload
 HEALTH_CHECK_PERIOD_S = 2.0  # how often Serve checks a replica: a dead one shows in /v1/health this soon
+# Where Serve runs its HTTP proxies on a cluster. HeadOnly: clients reach the head's proxy only, so a
+# lost worker node takes no client connection with it (benchmarks/records/2026-12-01-ray-node-loss:
+# EveryNode lost the requests in flight through the dead node's proxy); EveryNode: more ingress.
+PROXY_LOCATIONS = ("HeadOnly", "EveryNode")
 
 
 @dataclass(frozen=True)
@@ -618,16 +622,19 @@ def _announce(settings: ServeSettings, options: dict[str, Any], host: str, port:
 def serve_forever(settings: ServeSettings, scaling: Scaling, host: str = "127.0.0.1", port: int = 8000,
                   address: str | None = None, num_cpus: int | None = None,
                   log: Callable[[str], None] = print, api_key: str | None = None,
-                  allow_no_auth: bool = False) -> None:
+                  allow_no_auth: bool = False, proxy_location: str = "HeadOnly") -> None:
     """Start (or join) Ray, deploy, print the URL and start-up time, serve until SIGINT/SIGTERM,
     then take the application (and a Ray instance this call started) down. Listening beyond
-    loopback needs `api_key` or `allow_no_auth`, checked before anything starts."""
+    loopback needs `api_key` or `allow_no_auth`, checked before anything starts. `proxy_location`
+    (PROXY_LOCATIONS) applies when this call starts Serve on the cluster, like host and port."""
     from lga_export.serve.auth import check_exposure, key_digest
     from lga_export.serve.cluster import one_line, ray_session
 
     started = time.perf_counter()
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's start-up chatter; our lines say it
     check_exposure(host, api_key is not None, allow_no_auth)
+    if proxy_location not in PROXY_LOCATIONS:
+        raise LGAError(f"--proxy-location {proxy_location!r}: give {' or '.join(PROXY_LOCATIONS)}")
     settings = dataclasses.replace(resolve_settings(settings, scaling),
                                    api_key_sha256=key_digest(api_key) if api_key is not None else None)
     options = deployment_options(settings, scaling)
@@ -638,7 +645,8 @@ def serve_forever(settings: ServeSettings, scaling: Scaling, host: str = "127.0.
         with ray_session(address, num_cpus) as ray:
             # after ray.init: Ray's core worker installs its own SIGTERM handler, which would kill us
             previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-            serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+            serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location,
+                        logging_config={"log_level": "WARNING"})
             try:
                 _deploy(settings, options)
                 local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
