@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -52,7 +53,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a bare checkout: the package is not installed there
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+try:
+    import numpy as np  # noqa: E402
+except ImportError:  # preflight() names it with whatever else is missing (exit 2)
+    np = None  # type: ignore[assignment]
 
 BUNDLE_FORMAT = "lga-device-bundle/1"
 BUNDLE_JSON = "bundle.json"
@@ -62,6 +66,13 @@ DEFAULT_CHECKPOINT = "lga_export/assets/default_model/lga_tiny_qata.safetensors"
 PRESETS = ("tiny", "vit_b")
 EAGER_VARIANTS = ("fp32", "fp16", "bf16")
 COMPILE_VARIANT = "compile-fp32"
+# What `run` (and its torch.compile child) imports: import name -> pip package. The bare GPU image
+# has them all; segment_anything comes from the bundle. benchmarks/simulate_bare_device.py proves
+# the list in a venv holding only the image's packages.
+RUN_REQUIREMENTS = {"numpy": "numpy", "torch": "torch", "torchvision": "torchvision", "safetensors": "safetensors",
+                    "PIL": "pillow"}
+RUN_PROJECT_MODULES = ("lga_export.config", "lga_export.checkpoint", "lga_export.build", "lga_export.parity",
+                       "lga_export.export.specs", "lga_export.preprocess")
 NOT_CHECKED = [
     "TensorRT engines: not run by this check (TensorRT is not installed on the device and cannot be "
     "installed offline); benchmarks/gpu_check.sh builds and measures them on a GPU machine with access "
@@ -124,6 +135,30 @@ def ensure_segment_anything(bundle: Path | None) -> None:
         raise CheckError("segment-anything is not installed and the bundle carries no copy; run prepare again")
     sys.path.insert(0, str(site))
     import segment_anything  # noqa: F401
+
+
+def preflight(bundle: Path) -> None:
+    """Import everything `run` needs before any work: on a lent GPU a missing package must cost
+    seconds and name itself, all at once (exit 2), not surface minutes in as a traceback."""
+    missing = []
+    for module, package in RUN_REQUIREMENTS.items():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            lacking = "" if exc.name in (None, module) else f", which needs the missing {exc.name}"
+            missing.append(f"{module} (pip package {package}{lacking})")
+        except Exception as exc:  # noqa: BLE001 - installed but broken, e.g. a native library that fails to load
+            missing.append(f"{module} (pip package {package}, broken: {type(exc).__name__}: {str(exc)[:120]})")
+    if missing:
+        raise CheckError(f"missing on this machine: {', '.join(missing)}; install them (the GPU image is "
+                         f"expected to have them) or run where they are")
+    ensure_segment_anything(bundle)
+    for module in RUN_PROJECT_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CheckError(f"{module} cannot be imported ({exc}); the working tree is incomplete, or the check "
+                             f"needs a package that RUN_REQUIREMENTS does not list") from None
 
 
 def image_graph_digest(model) -> str:
@@ -832,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise CheckError("--samples must be at least 1")
             prepare(args.bundle, args.preset_list, args.samples, args.seed, args.force, args.data)
             return 0
+        preflight(args.bundle)
         if args.command == "_compiled":
             return compiled_child(args)
         if args.iters < 1 or args.warmup < 0:
