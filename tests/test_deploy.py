@@ -82,6 +82,16 @@ def test_the_api_key_comes_from_a_secret_mounted_where_serve_reads_it(service, s
             assert "LGA_API_KEY" not in str(container.get("env", "")), "the key given twice"
 
 
+def test_serve_config_is_valid_for_ray_serve(service, serve_config) -> None:
+    """serveConfigV2 against Ray Serve's own schema (what `serve deploy` and KubeRay submit)."""
+    schema = pytest.importorskip("ray.serve.schema", reason="ray[serve] is not installed")
+    parsed = schema.ServeDeploySchema.model_validate(serve_config)
+    assert str(parsed.proxy_location.value) == "HeadOnly" and parsed.http_options.port == 8000
+    assert sorted(a.name for a in parsed.applications) == ["lga", "lga-health"]
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"containerPort": 8000, "name": "serve"} in head["ports"], "KubeRay's serve Service needs the port"
+
+
 def test_serve_config_names_the_two_applications_of_lga_export_serve(serve_config) -> None:
     assert serve_config["proxy_location"] == "HeadOnly"
     assert serve_config["http_options"]["host"] == "0.0.0.0"
