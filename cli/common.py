@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from lga_export.errors import LGAError, ValidationFailed
+from lga_export.errors import Interrupted, LGAError, ValidationFailed
 
 PresetOption = typer.Option(None, "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, vit_h, tiny.")
 CheckpointOption = typer.Option(None, "--checkpoint", "-c", help="LGA checkpoint (.safetensors) written by lga-export.",
@@ -74,8 +74,9 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except LGAError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted; no partial output was kept", err=True)
+        except KeyboardInterrupt as exc:
+            kept = _one_line(exc) if isinstance(exc, Interrupted) and str(exc) else "no partial output was kept"
+            typer.secho(f"interrupted; {kept}", err=True)
             raise typer.Exit(code=130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise

@@ -7,3 +7,8 @@ class LGAError(Exception):
 
 class ValidationFailed(LGAError):
     """A parity or sanity check failed (exported graph, engine or benchmark gate)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, with what was kept (e.g. "the state is saved: rerun with --resume"); the CLI
+    prints it in one line and exits 130 like any interrupt."""

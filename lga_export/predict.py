@@ -6,6 +6,7 @@ and the outputs are staged and published together: a failure leaves none of them
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,29 +29,57 @@ def read_text_file(path: Path) -> dict[str, str]:
 def collect_jobs(image: Path | None, text: str | None, images: Path | None,
                  text_file: Path | None) -> list[tuple[Path, str]]:
     """(image file, report) pairs, refused up front when a report is missing or empty."""
+    from lga_export.tokenization import is_blank
+
     if image is not None:
         if images is not None or text_file is not None:
             raise LGAError("give --image with --text, or --images with --text-file, not both")
         if text is None:
             raise LGAError("--image needs --text with its report")
-        if not text.strip():
-            raise LGAError(f"empty text for {image.name}: every image needs a report")
+        if is_blank(text):
+            raise LGAError(f"empty text for {image.name}: every image needs a report (one of only invisible "
+                           f"characters - NUL, zero-width, control, lone accents - counts as empty)")
         return [(image, text)]
     if images is None or text_file is None:
         raise LGAError("give --image with --text, or --images with --text-file")
     if not images.is_dir():
         raise LGAError(f"{images}: not a folder of images")
     reports = read_text_file(text_file)
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise LGAError(f"{images}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}); give the folder that holds them")
+    files = image_files(images)
     missing = [p.name for p in files if p.name not in reports]
     if missing:
         raise LGAError(f"{text_file}: no report for {len(missing)} images, e.g. {missing[:3]}")
-    empty = [p.name for p in files if not reports[p.name].strip()]
+    empty = [p.name for p in files if is_blank(reports[p.name])]
     if empty:
-        raise LGAError(f"{text_file}: empty report for {len(empty)} images, e.g. {empty[:3]}; fill in their rows")
+        raise LGAError(f"{text_file}: empty report for {len(empty)} images, e.g. {empty[:3]} (only whitespace or "
+                       f"invisible characters); fill in their rows")
     return [(p, reports[p.name]) for p in files]
+
+
+def image_files(images: Path) -> list[Path]:
+    """The image files of the folder, sorted; a symbolic link to nothing is refused, naming it,
+    rather than skipped (the user listed an image there, and its mask would silently be missing)."""
+    candidates = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    dangling = [p for p in candidates if p.is_symlink() and not p.exists()]
+    if dangling:
+        more = f" (and {len(dangling) - 1} more in {images})" if len(dangling) > 1 else ""
+        raise LGAError(f"{dangling[0]}: a symbolic link to a missing file ({os.readlink(dangling[0])}){more}; "
+                       f"restore the file or remove the link")
+    files = [p for p in candidates if p.is_file()]
+    if not files:
+        raise LGAError(f"{images}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}); give the folder that holds them")
+    return files
+
+
+def check_out(out: Path, images: Path | None) -> None:
+    """--out may not be the --images folder or inside it: the masks and overlays would be mixed with
+    the inputs, and the next run on the folder would take them for images."""
+    if images is None:
+        return
+    inputs, target = Path(images).resolve(), Path(out).resolve()
+    if target == inputs or inputs in target.parents:
+        where = "is" if target == inputs else "is inside"
+        raise LGAError(f"--out {out} {where} the --images folder {images}; give an output folder outside the inputs")
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -81,6 +110,7 @@ def predict_files(model_ref: Path | None, *, image: Path | None = None, text: st
         raise LGAError(f"--batch-size must be at least 1, not {batch_size}")
     jobs = collect_jobs(image, text, images, text_file)
     names = [name for path, _ in jobs for name in output_names(path)]
+    check_out(out, images)
     with atomic_files(out, names, force=force) as staged:
         rgbs = [read_image(path) for path, _ in jobs]  # every image readable before any inference
         with open_runner(backend, model_ref, precision, device) as runner:

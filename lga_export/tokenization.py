@@ -9,6 +9,7 @@ truncation=True, max_length=..., return_tensors="np")` returns, from the folder'
 from __future__ import annotations
 
 import json
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,16 @@ from lga_export.errors import LGAError
 from lga_export.export.specs import text_feeds
 
 _FIX = "re-export with lga-export onnx --force"
-EMPTY_TEXT = "empty text: every image needs a report (pass --text or a text file row)"
+EMPTY_TEXT = ("empty text: every image needs a report (pass --text or a text file row); a report of only "
+              "invisible characters (NUL, zero-width, control, lone accents) counts as empty")
+
+
+def is_blank(text: str | None) -> bool:
+    """True when `text` holds nothing a reader (or the tokenizer) would see: only whitespace,
+    control characters (NUL ...), format characters (zero-width space and joiners, BOM, ...) and
+    marks with no character to sit on (combining accents, variation selectors). Such a report
+    tokenises to [CLS][SEP] alone, and a mask segmented from it means nothing."""
+    return not text or all(ch.isspace() or unicodedata.category(ch)[0] in "CZM" for ch in text)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -100,10 +110,11 @@ class TextTokenizer:
         """input_ids / attention_mask (int64 [B, S], padded to the longest); over-long text is truncated
         with one warning per call, empty text is an error (a mask without its report is meaningless)."""
         texts = list(texts)
-        for text in texts:
-            if not text or not text.strip():
-                raise LGAError(EMPTY_TEXT)
+        if any(is_blank(text) for text in texts):
+            raise LGAError(EMPTY_TEXT)
         encodings: list[Encoding] = self._tokenizer.encode_batch(texts)
+        if any(all(e.special_tokens_mask) for e in encodings):  # e.g. characters the normaliser drops
+            raise LGAError(EMPTY_TEXT)
         if any(len(e.ids) > max_length for e in encodings):
             warnings.warn(f"text longer than the model's {max_length} tokens was truncated", stacklevel=2)
             encodings = self._truncator(max_length).encode_batch(texts)

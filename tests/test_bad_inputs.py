@@ -161,6 +161,74 @@ def _readonly_out(w, tmp):
     return ["predict", "--model", str(w["onnx"]), "--image", str(w["image"]), "--text", "x", "--out", str(tmp / "out")]
 
 
+def _one_image_table(w, tmp, body: str) -> list[str]:
+    """predict over a folder of one image, a.png, with the table `body` (after the header)."""
+    folder = _folder(tmp, {"a.png": w["image"].read_bytes()})
+    return _pred(w, tmp, "--images", str(folder), "--text-file", str(_file(tmp, "t.csv", "Image,Description\n" + body)))
+
+
+def _out_in_images(w, tmp, sub: str | None) -> list[str]:
+    folder = _folder(tmp, {"a.png": w["image"].read_bytes()})
+    out = folder / sub if sub else folder
+    return ["predict", "--model", str(w["onnx"]), "--images", str(folder), "--text-file",
+            str(_table(tmp, {"a.png": "x"})), "--out", str(out)]
+
+
+def _dangling_link(w, tmp) -> list[str]:
+    folder = _folder(tmp, {"a.png": w["image"].read_bytes()})
+    (folder / "b.png").symlink_to(tmp / "moved_away.png")
+    return _pred(w, tmp, "--images", str(folder), "--text-file", str(_table(tmp, {"a.png": "x", "b.png": "y"})))
+
+
+def _lvit(tmp: Path, mask_size: tuple[int, int] = (64, 48)) -> Path:
+    """An LViT dataset (Train and Val, two samples each) whose images are 64x48; masks `mask_size`."""
+    root = tmp / "data"
+    for split in ("Train", "Val"):
+        folder = root / f"{split}_Folder"
+        (folder / "img").mkdir(parents=True)
+        (folder / "labelcol").mkdir()
+        for name in ("a.png", "b.png"):
+            Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(folder / "img" / name)
+            mask = np.zeros(mask_size[::-1], np.uint8)
+            mask[4:12, 4:12] = 255
+            Image.fromarray(mask).save(folder / "labelcol" / f"mask_{name}")
+        (folder / f"{split}_text.csv").write_text("Image,Description\nmask_a.png,\"left lung\"\n"
+                                                  "mask_b.png,\"right lung\"\n")
+    return root
+
+
+def _resume_state(w, tmp, change: Callable[[dict], None]) -> list[str]:
+    """train --resume on a saved run whose state.pt is edited by `change` (model: the default checkpoint)."""
+    from lga_export.checkpoint import load_lga_checkpoint
+
+    model = load_lga_checkpoint(w["checkpoint"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params)
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+             "progress": {"step": 1, "best_dice": -1.0, "best_step": -1, "history": [], "steps": [], "elapsed_s": 0.0}}
+    change(state)
+    last = tmp / "out" / "last"
+    last.mkdir(parents=True)
+    shutil.copy(w["checkpoint"], last / "model.safetensors")
+    torch.save(state, last / "state.pt")
+    return ["train", "--data", str(_lvit(tmp)), "--out", str(tmp / "out"), "--resume"]
+
+
+def _other_groups(state: dict) -> None:
+    state["optimizer"]["param_groups"][0]["params"] = state["optimizer"]["param_groups"][0]["params"][:3]
+
+
+def _param_without_step(state: dict) -> None:
+    del state["optimizer"]["state"][0]["step"]
+
+
+def _progress_without_step(state: dict) -> None:
+    del state["progress"]["step"]
+
+
 CASES = [
     # predict: images and reports
     Case("missing image", "lga-export", lambda w, t: _pred(w, t, "--image", str(t / "absent.png"), "--text", "x"), 2, "no such"),
@@ -222,6 +290,22 @@ CASES = [
     Case("eval checkpoint missing", "lga-export", lambda w, t: ["eval", "--checkpoint", str(t / "no.safetensors"), "--data", str(t), "--out", str(t / "out")], 2, "no such"),
     Case("trt without TensorRT or GPU", "lga-export", lambda w, t: ["trt", "--onnx", str(w["onnx"]), "--out", str(t / "out")], 2, "TensorRT"),
     Case("info ffms 0", "lga-export", lambda w, t: ["info", "--num-ffms", "0"], 2, "num_ffms"),
+    # input ambiguities (#21 item 3): each refused in one line naming the item
+    Case("one image, two reports", "lga-export", lambda w, t: _one_image_table(w, t, 'a.png,"left lung"\na.png,"right lung"\n'), 2, "lines 2 and 3"),
+    Case("rows for mask_a.png and a.png", "lga-export", lambda w, t: _one_image_table(w, t, 'mask_a.png,"left lung"\na.png,"right lung"\n'), 2, "lines 2 (mask_a.png) and 3 (a.png)"),
+    Case("zero-width-only --text", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "\u200b\u200d\ufeff"), 2, "empty text"),
+    Case("lone-accent --text", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "\u0301\u0301"), 2, "empty text"),
+    Case("--text the tokenizer drops", "lga-export", lambda w, t: _pred(w, t, "--image", str(w["image"]), "--text", "\ufffd\ufffd"), 2, "empty text"),
+    Case("NUL and zero-width report in the table", "lga-export", lambda w, t: _one_image_table(w, t, 'a.png,"\x00\u200b\x00"\n'), 2, "empty report"),
+    Case("--out is the --images folder", "lga-export", lambda w, t: _out_in_images(w, t, None), 2, "is the --images folder"),
+    Case("--out inside the --images folder", "lga-export", lambda w, t: _out_in_images(w, t, "masks"), 2, "is inside the --images folder"),
+    Case("dangling symlink with a report row", "lga-export", _dangling_link, 2, "b.png: a symbolic link to a missing file"),
+    # training and evaluation data (#21 item 4)
+    Case("eval mask of another size", "lga-export", lambda w, t: ["eval", "--checkpoint", str(w["checkpoint"]), "--data", str(_lvit(t, (32, 32))), "--out", str(t / "out")], 2, "mask_a.png: mask is 32x32 but its image is 64x48"),
+    Case("train mask of another size", "lga-export", lambda w, t: ["train", "--data", str(_lvit(t, (32, 32))), "--out", str(t / "out")], 2, "mask_a.png: mask is 32x32"),
+    Case("resume state of other parameter groups", "lga-export", lambda w, t: _resume_state(w, t, _other_groups), 2, "state.pt: its optimizer has parameter groups"),
+    Case("resume state, a parameter without step", "lga-export", lambda w, t: _resume_state(w, t, _param_without_step), 2, "state.pt: the optimizer state of parameter 0 lacks its step"),
+    Case("resume state without step", "lga-export", lambda w, t: _resume_state(w, t, _progress_without_step), 2, "state.pt: the training state lacks step"),
 ]
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from lga_export.config import LGAConfig
 from lga_export.data.augment import AugmentConfig, augment
 from lga_export.data.lvit import Sample
+from lga_export.errors import LGAError
 from lga_export.imageio import read_image, read_mask
 from lga_export.preprocess import normalize_pixels, resize_rgb
 
@@ -38,8 +39,10 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         size, mask_size = self.config.image_size, self.config.mask_size
-        pixels = resize_rgb(read_image(sample.image), size)
-        mask = torch.from_numpy(read_mask(sample.mask).astype(np.float32))[None, None]
+        rgb, target = read_image(sample.image), read_mask(sample.mask)
+        check_mask_size(sample, rgb.shape[:2], target.shape)
+        pixels = resize_rgb(rgb, size)
+        mask = torch.from_numpy(target.astype(np.float32))[None, None]
         mask = F.interpolate(mask, size=(mask_size, mask_size), mode="nearest")[0]
         if self.train:  # augmentation works on 0..255 pixels, before the shared normalisation
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
@@ -47,6 +50,13 @@ class SegmentationDataset(Dataset):
             pixels = chw.numpy().transpose(1, 2, 0)
         image = torch.from_numpy(normalize_pixels(pixels, self.config))
         return {"pixels": image, "mask": mask, "text": sample.text, "index": index}
+
+
+def check_mask_size(sample: Sample, image_shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> None:
+    """A mask of another size than its image would be stretched onto it and scored silently."""
+    if tuple(image_shape) != tuple(mask_shape):
+        raise LGAError(f"{sample.mask}: mask is {mask_shape[1]}x{mask_shape[0]} but its image {sample.image.name} is "
+                       f"{image_shape[1]}x{image_shape[0]}; give the mask at the image's size")
 
 
 def collate(batch: list[dict]) -> dict:

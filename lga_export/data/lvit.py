@@ -73,9 +73,10 @@ def _find_text_table(folder: Path, split: str) -> Path:
                    f"(columns Image, Description) in the split folder")
 
 
-def _read_columns(path: Path) -> dict[str, list[str]]:
-    """Column name -> cells (strings) of a .csv (`,` or `;`, read with the standard library, so
-    the lean inference install needs no pandas) or an .xlsx (pandas + openpyxl)."""
+def _read_columns(path: Path) -> tuple[dict[str, list[str]], list[int]]:
+    """(column name -> cells as strings, the file line each row starts on) of a .csv (`,` or `;`,
+    read with the standard library, so the lean inference install needs no pandas; a quoted cell
+    may span lines, as CSV defines) or an .xlsx (pandas + openpyxl)."""
     if path.suffix.lower() in (".xlsx", ".xls"):
         try:
             import pandas as pd
@@ -83,25 +84,34 @@ def _read_columns(path: Path) -> dict[str, list[str]]:
             raise LGAError(f"{path}: reading .xlsx needs pandas and openpyxl; pip install \"lga-export[export]\" "
                            f"or save the table as .csv") from None
         table = pd.read_excel(path, dtype=str, keep_default_na=False)
-        return {str(c): [str(v) for v in table[c]] for c in table.columns}
+        return {str(c): [str(v) for v in table[c]] for c in table.columns}, [i + 2 for i in range(len(table))]
     import csv
+    import io
 
     with open(path, encoding="utf-8-sig", newline="") as handle:
         text = handle.read()
     header = text.split("\n", 1)[0]
-    rows = list(csv.reader(text.splitlines(), delimiter=";" if header.count(";") > header.count(",") else ","))
-    if not rows:
-        return {}
-    names = rows[0]
-    return {name: [row[i] if i < len(row) else "" for row in rows[1:] if any(c.strip() for c in row)]
-            for i, name in enumerate(names)}
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=";" if header.count(";") > header.count(",") else ",")
+    records, line = [], 1
+    for row in reader:
+        records.append((line, row))
+        line = reader.line_num + 1
+    if not records:
+        return {}, []
+    names = records[0][1]
+    rows = [(start, row) for start, row in records[1:] if any(c.strip() for c in row)]
+    return ({name: [row[i] if i < len(row) else "" for _, row in rows] for i, name in enumerate(names)},
+            [start for start, _ in rows])
 
 
 def read_text_table(path: str | Path) -> dict[str, str]:
-    """{file name in the Image column: report} from an LViT .xlsx, .csv or `;`-separated .csv."""
+    """{file name in the Image column: report} from an LViT .xlsx, .csv or `;`-separated .csv.
+
+    Two rows that give one image different reports (the same name twice, or `mask_x.png` and
+    `x.png`) are refused naming their lines: which one is meant is the user's choice, not ours."""
     path = Path(path)
     try:
-        table = _read_columns(path)
+        table, lines = _read_columns(path)
     except LGAError:
         raise
     except Exception as exc:  # csv/pandas/openpyxl raise many types for corrupt files
@@ -111,10 +121,22 @@ def read_text_table(path: str | Path) -> dict[str, str]:
     if "Image" not in columns or text_column is None:
         raise LGAError(f"{path}: needs the columns Image and Description (or text); found {list(columns)}")
     texts: dict[str, str] = {}
-    for image, text in zip(table[columns["Image"]], table[text_column]):
-        image = str(image).strip()
-        if image:
-            texts[image] = str(text).strip()
+    line_of: dict[str, int] = {}
+    for line, image, text in zip(lines, table[columns["Image"]], table[text_column]):
+        image, text = str(image).strip(), str(text).strip()
+        if not image:
+            continue
+        if image in texts and texts[image] != text:
+            raise LGAError(f"{path}: lines {line_of[image]} and {line} give {image} two different reports; keep "
+                           f"one row per image")
+        texts.setdefault(image, text)
+        line_of.setdefault(image, line)
+    for key in texts:
+        plain = key[len(_MASK_PREFIX):]
+        if key.startswith(_MASK_PREFIX) and plain in texts and texts[plain] != texts[key]:
+            (one, first), (other, second) = sorted([(line_of[key], key), (line_of[plain], plain)])
+            raise LGAError(f"{path}: lines {one} ({first}) and {other} ({second}) give one image two different "
+                           f"reports; keep one of the rows")
     return texts
 
 
@@ -144,8 +166,33 @@ def _image_for(images: dict[str, Path], mask: Path) -> Path | None:
     return None
 
 
-def _readable(path: Path) -> str | None:
-    """None when PIL can open `path`, else the reason."""
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as read_image returns it (EXIF orientation applied), from the header; None
+    for DICOM or a file PIL cannot open (checked when read)."""
+    from PIL import Image
+
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.format == "TIFF":  # Pillow reports a TIFF's size already turned by its orientation
+                orientation = None
+            elif image.format != "PNG":
+                orientation = image.getexif().get(0x0112)
+            elif image.info.get("exif"):  # from the header: a PNG's getexif() would decode its pixels
+                exif = Image.Exif()
+                exif.load(image.info["exif"])
+                orientation = exif.get(0x0112)
+            else:
+                orientation = None
+    except Exception:  # noqa: BLE001 - unreadable files are reported by _readable
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _readable(path: Path, image_size: tuple[int, int] | None = None) -> str | None:
+    """None when PIL can open `path` (and, for a mask, it has its image's `image_size`), else the reason."""
     from PIL import Image, UnidentifiedImageError
 
     if path.suffix.lower() in (".dcm", ".dicom"):
@@ -155,6 +202,10 @@ def _readable(path: Path) -> str | None:
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"not a readable image ({exc.__class__.__name__})"
+    size = _header_size(path) if image_size is not None else None
+    if size is not None and size != image_size:
+        return (f"mask is {size[0]}x{size[1]} but its image is {image_size[0]}x{image_size[1]}; give the mask "
+                f"at the image's size")
     return None
 
 
@@ -165,6 +216,8 @@ def index_split(root: str | Path, split: str = "Train", *, skip_bad: bool = Fals
     `check_files` opens each file header once so a corrupt PNG fails here, naming the file,
     not in the middle of an epoch.
     """
+    from lga_export.tokenization import is_blank
+
     folder = split_folder(root, split)
     split_name = folder.name[: -len("_Folder")]
     img_dir, mask_dir = folder / "img", folder / "labelcol"
@@ -191,15 +244,16 @@ def index_split(root: str | Path, split: str = "Train", *, skip_bad: bool = Fals
         if text is None:
             bad(image, f"image without text in the {split_name}_text table")
             continue
-        if not text.strip():
-            bad(image, f"empty report for {image.name} in the {split_name}_text table; fill in its row")
+        if is_blank(text):
+            bad(image, f"empty report for {image.name} in the {split_name}_text table (only whitespace or "
+                       f"invisible characters); fill in its row")
             continue
         if check_files:
-            reason = _readable(image) or None
+            reason = _readable(image)
             if reason:
                 bad(image, reason)
                 continue
-            reason = _readable(mask)
+            reason = _readable(mask, _header_size(image))
             if reason:
                 bad(mask, reason)
                 continue

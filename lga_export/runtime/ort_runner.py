@@ -278,10 +278,11 @@ class OnnxRuntimeRunner(Runner):
         model is written into a private staging folder, sealed there, then renamed onto `entry`.
         An optimised graph over 2 GB cannot be saved: the session goes on without the cache."""
         import shutil
-        import tempfile
 
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=entry.parent))
+        from lga_export.fileio import staging_dir
+
+        try:  # named by host and pid: a killed run's staging is removed by the next one
+            staging = staging_dir(entry.parent, entry.name)
         except OSError:
             return self._plain_session(ort, path), False
         options = self.session_options(ort)

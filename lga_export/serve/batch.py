@@ -74,7 +74,7 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
     from tqdm import tqdm
 
     from lga_export.imageio import read_image
-    from lga_export.predict import collect_jobs, output_names
+    from lga_export.predict import check_out, collect_jobs, output_names
     from lga_export.runtime.registry import thread_options
     from lga_export.serve.cluster import check_source, import_ray, one_line, ray_session, user_error_in
 
@@ -83,6 +83,7 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
     if workers < 1:
         raise LGAError(f"--workers must be at least 1, not {workers}")
     import_ray()  # before any work: one line when the serve extra is missing
+    check_out(out, images)
     jobs = collect_jobs(image, text, images, text_file)
     source = _source(model_ref)
     backend, device = check_source(backend, source, precision, device)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,19 +26,20 @@ def import_ray() -> Any:
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray for the block: the caller's if already initialised (left running), else a connection
-    to `address` ("auto", "HOST:PORT", "ray://HOST:PORT"), else a new local instance; what this
-    function started or joined it shuts down (a cluster it joined keeps running)."""
+    to `address` ("auto", "HOST:PORT", "ray://HOST:PORT"), else a new local instance (never one
+    found running on the machine) whose every port listens on 127.0.0.1 only; what this function
+    started or joined it shuts down (a cluster it joined keeps running). The caller's SIGTERM
+    handler stays in place: ray.init would replace it with an exit(15)."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
     try:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            # address="local": a new instance even when another one on this machine registered itself
-            # in /tmp/ray (ray.init() alone would join that one, and its CPUs and Serve apps)
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        with _sigterm_after_start(ray):
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING)
+            else:
+                _init_loopback(ray, num_cpus)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise LGAError(f"cannot start or join {where} ({one_line(exc)}); check --address "
@@ -45,6 +48,61 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _sigterm_after_start(ray: Any) -> Iterator[None]:
+    """Hold a SIGTERM that arrives while Ray starts until it has started, then shut Ray down and
+    raise KeyboardInterrupt (exit 130). Ray's own handler, an exit(15) raised anywhere inside
+    ray.init, was seen to leave a half-started Ray and a driver that never returned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    utils = ray._private.utils
+    install = getattr(utils, "set_sigterm_handler", None)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    if install is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    except SystemExit as exc:  # a Ray without that hook installed its handler, and it fired
+        if exc.code != signal.SIGTERM:
+            raise
+        received.append(signal.SIGTERM)
+    finally:
+        if install is not None:
+            utils.set_sigterm_handler = install
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        ray.shutdown()
+        raise KeyboardInterrupt
+
+
+def _init_loopback(ray: Any, num_cpus: int | None) -> None:
+    """A new local Ray instance on 127.0.0.1 only: GCS, raylet, object manager, workers, agents and
+    metrics. ray.init turns a loopback `_node_ip_address` into the machine's address unless Ray is
+    in its single-machine mode (ENABLE_RAY_CLUSTER off, as on macOS and Windows), so that mode is
+    on while it starts; tests/test_ray_loopback.py checks the sockets of every Ray process."""
+    from ray._private import ray_constants
+
+    single = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice.addFilter(_token_notice)
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING)
+    finally:
+        notice.removeFilter(_token_notice)
+        if single is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = single
+
+
+def _token_notice(record: logging.LogRecord) -> bool:
+    """Drop Ray's start-up notice that token authentication is on (it is, and nothing is wrong);
+    its warning that authentication is off still shows."""
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

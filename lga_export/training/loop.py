@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from lga_export.config import LGAConfig
-from lga_export.errors import LGAError
+from lga_export.errors import Interrupted, LGAError
 from lga_export.fileio import atomic_file
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
     from lga_export.data.lvit import index_split
     from lga_export.training.evaluate import score_samples, summarize
     from lga_export.training.schedule import lr_at
-    from lga_export.training.state import load_last_state, save_last_state
+    from lga_export.training.state import load_last_state, restore_state, save_last_state
     from lga_export.training.prefix_cache import PrefixCache, supports_prefix_cache
     from lga_export.training.text_cache import TextEmbedder
 
@@ -195,9 +195,7 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
         if changed:
             raise LGAError("--resume needs the options of the saved run; changed: " +
                            ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        progress = state["progress"]
+        progress = restore_state(out, state, optimizer)
     progress["recipe"] = recipe
 
     embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
@@ -286,7 +284,8 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
     except KeyboardInterrupt:
         checkpoint_last()
         bar.close()
-        raise LGAError(f"interrupted at step {progress['step']}; the state is saved: rerun with --resume") from None
+        raise Interrupted(f"stopped at step {progress['step']}; the state is saved in {out / 'last'}: rerun with "
+                          f"--resume") from None
     bar.close()
     summary = {**run_info, "steps_done": progress["step"], "best_val_dice": progress["best_dice"],
                "best_step": progress["best_step"], "elapsed_s": round(progress["elapsed_s"], 1),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lga_export.errors import LGAError
-from lga_export.fileio import atomic_file
+from lga_export.fileio import atomic_files
 
 OUTPUTS = ("per_sample.csv", "cases.png", "summary.json")
 
@@ -20,9 +20,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, split: str, out: Path, *, 
                         force: bool = False, progress: bool = True) -> dict[str, Any]:
     from lga_export.checkpoint import load_lga_checkpoint
     from lga_export.data.lvit import index_split
-    from lga_export.imageio import read_image, read_mask
-    from lga_export.resample import logits_to_mask
-    from lga_export.training.evaluate import predict_logits, score_samples, summarize
+    from lga_export.training.evaluate import score_samples, summarize
     from lga_export.training.plots import cases_figure
     from lga_export.training.text_cache import TextEmbedder
 
@@ -41,29 +39,35 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, split: str, out: Path, *, 
     writer.writerow(["name", "dice", "iou", "text"])
     for s in scores:
         writer.writerow([s.name, f"{s.dice:.6f}", f"{s.iou:.6f}", s.text])
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out / "per_sample.csv", force=force) as tmp:
-        tmp.write_text(buffer.getvalue())
-
-    ranked = sorted(range(len(scores)), key=lambda i: scores[i].dice)
-    n = min(cases, max(1, len(scores) // 2))
-    picks = [("best", i) for i in reversed(ranked[-n:])] + [("worst", i) for i in ranked[:n]]
-    by_name = {s.name: s for s in samples}
-    figure_cases = []
-    for label, i in picks:
-        sample = by_name[scores[i].name]
-        target = read_mask(sample.mask)
-        logits = next(l for _, l in predict_logits(model, embedder, [sample], 1))
-        figure_cases.append({"label": label, "name": sample.name, "text": sample.text, "picture": read_image(sample.image),
-                             "target": target, "pred": logits_to_mask(logits, target.shape),
-                             "dice": scores[i].dice})
-    cases_figure(figure_cases, out / "cases.png", force=force)
-
+    picks, figure = _figure_cases(model, embedder, samples, scores, cases)
     summary = {"checkpoint": str(checkpoint), "data": str(data), "split": index.split, **summarize(scores),
                "skipped": index.skipped, "preset": model.config.preset,
                "text_source": model.config.text_source,
                "best": [scores[i].name for _, i in picks if _ == "best"],
                "worst": [scores[i].name for _, i in picks if _ == "worst"]}
-    with atomic_file(out / "summary.json", force=force) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    # the three files are staged and published together, like predict's: a failure leaves none of them
+    with atomic_files(out, list(OUTPUTS), force=force) as staged:
+        staged["per_sample.csv"].write_text(buffer.getvalue())
+        cases_figure(figure, staged["cases.png"], force=True)
+        staged["summary.json"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _figure_cases(model, embedder, samples, scores, cases: int) -> tuple[list[tuple[str, int]], list[dict[str, Any]]]:
+    """The best and worst `cases` samples by Dice: (label, score index) picks and the figure's rows."""
+    from lga_export.imageio import read_image, read_mask
+    from lga_export.resample import logits_to_mask
+    from lga_export.training.evaluate import predict_logits
+
+    ranked = sorted(range(len(scores)), key=lambda i: scores[i].dice)
+    n = min(cases, max(1, len(scores) // 2))
+    picks = [("best", i) for i in reversed(ranked[-n:])] + [("worst", i) for i in ranked[:n]]
+    by_name = {s.name: s for s in samples}
+    figure = []
+    for label, i in picks:
+        sample = by_name[scores[i].name]
+        target = read_mask(sample.mask)
+        logits = next(l for _, l in predict_logits(model, embedder, [sample], 1))
+        figure.append({"label": label, "name": sample.name, "text": sample.text, "picture": read_image(sample.image),
+                       "target": target, "pred": logits_to_mask(logits, target.shape), "dice": scores[i].dice})
+    return picks, figure
