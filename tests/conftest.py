@@ -65,10 +65,12 @@ def data_root() -> Path | None:
 
 @pytest.fixture(scope="session")
 def default_model():
-    """The embedded trained default model (tiny on QaTa-COV19): real masks on real or built-in images."""
-    from lga_export.loading import load_model
+    """The embedded trained `tiny` model (QaTa-COV19): real masks on real or built-in images, and small
+    enough that the suite exports, quantises and serves it many times. The shipped default (`lite`,
+    LiteMedSAM's encoder) has its own tests (test_lite*.py)."""
+    from lga_export.loading import embedded_checkpoint, load_model
 
-    return load_model()
+    return load_model(checkpoint=embedded_checkpoint("tiny"))
 
 
 @pytest.fixture(scope="session")

@@ -127,7 +127,10 @@ def server(tmp_path_factory, ray_dir):
     key_file = tmp_path_factory.mktemp("key") / "api-key"
     key_file.write_text(API_KEY + "\n")
     key_file.chmod(0o600)
-    started = Server("--num-cpus", "2", "--replicas", "1", "--max-batch", "4", "--batch-wait-ms", "30",
+    from lga_export.loading import embedded_checkpoint
+
+    started = Server("--model", str(embedded_checkpoint("tiny")), "--num-cpus", "2", "--replicas", "1",
+                     "--max-batch", "4", "--batch-wait-ms", "30",
                      "--max-request-mb", str(MAX_REQUEST_MB), "--body-timeout-s", str(BODY_TIMEOUT_S),
                      "--api-key-file", str(key_file), key=API_KEY, ray_dir=str(ray_dir))
     started.wait_ready(STARTUP_TIMEOUT_S)
@@ -500,7 +503,10 @@ def test_predict_ray_matches_predict(tmp_path, image_folder, one_thread_predict)
 
     images, table = image_folder
     out = tmp_path / "ray"
-    written = predict_files_ray(None, images=images, text_file=table, out=out, workers=2, num_cpus=2, batch_size=2)
+    from lga_export.loading import embedded_checkpoint
+
+    written = predict_files_ray(embedded_checkpoint("tiny"), images=images, text_file=table, out=out, workers=2,
+                                num_cpus=2, batch_size=2)
     expected = sorted(p.name for p in one_thread_predict.iterdir())
     assert sorted(p.name for p in written) == expected == sorted(p.name for p in out.iterdir())
     for name in expected:
