@@ -21,6 +21,10 @@ from lga_export.cli.main import app
 from lga_export.errors import LGAError
 from lga_export.fileio import atomic_dir, atomic_file, atomic_files
 
+from lga_export.loading import embedded_checkpoint
+
+TINY = str(embedded_checkpoint("tiny"))  # a small model: these tests are about files, not masks
+
 CLI = [sys.executable, "-m", "lga_export.cli.main"]
 
 
@@ -96,7 +100,7 @@ def test_a_second_predict_into_an_output_being_written_is_refused(images, tmp_pa
     out = tmp_path / "out"
     with atomic_files(out, ["first_mask.png"]) as staged:
         staged["first_mask.png"].write_bytes(b"the first run's")
-        result = CliRunner().invoke(app, ["predict", "--images", str(folder), "--text-file", str(table),
+        result = CliRunner().invoke(app, ["predict", "--model", TINY, "--images", str(folder), "--text-file", str(table),
                                           "--out", str(out)])
         assert result.exit_code == 2, result.stdout + result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -108,7 +112,7 @@ def test_a_second_export_into_a_folder_being_written_is_refused(tmp_path) -> Non
     out = tmp_path / "onnx"
     with atomic_dir(out) as staged:
         (staged / "manifest.json").write_text("{}")
-        result = CliRunner().invoke(app, ["onnx", "--out", str(out), "--no-validate"])
+        result = CliRunner().invoke(app, ["onnx", "--checkpoint", TINY, "--out", str(out), "--no-validate"])
         assert result.exit_code == 2, result.stdout + result.stderr
         assert "another lga-export run" in result.stderr and str(out) in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
@@ -132,7 +136,7 @@ def _killed_while_staging(out: Path, command: list[str], staged: str, timeout: f
 def test_a_sigkilled_predict_leaves_nothing_the_next_run_keeps(images, tmp_path) -> None:
     folder, table = images
     out = tmp_path / "out"
-    args = ["predict", "--images", str(folder), "--text-file", str(table), "--out", str(out)]
+    args = ["predict", "--model", TINY, "--images", str(folder), "--text-file", str(table), "--out", str(out)]
     _killed_while_staging(out, CLI + args, ".staged.*")
     assert list(out.glob(".staged.*")), "SIGKILL left the staging folder (the debris this test is about)"
     result = CliRunner().invoke(app, args)
@@ -226,7 +230,7 @@ def test_sigterm_ends_predict_ray_with_130_and_one_line(images, tmp_path) -> Non
     pytest.importorskip("ray", reason="ray is not installed (pip install \"lga-export[serve]\")")
     folder, table = images
     out = tmp_path / "out"
-    process = subprocess.Popen(CLI + ["predict", "--ray", "--workers", "1", "--images", str(folder), "--text-file",
+    process = subprocess.Popen(CLI + ["predict", "--model", TINY, "--ray", "--workers", "1", "--images", str(folder), "--text-file",
                                       str(table), "--out", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
