@@ -215,7 +215,7 @@ def check_results(results_file: Path, presets: list[str]) -> tuple[dict[str, dic
     for preset in presets:
         result = results["presets"].get(preset)
         if result is None or "error" in result:
-            problems.append(f"{preset}: {'not run' if result is None else result['error']}")
+            problems.append(f"{preset}: {'not in results.json (cut short?)' if result is None else result['error']}")
             continue
         for name in results["settings"]["variants"]:
             variant = result["variants"].get(name, {"status": "absent"})
