@@ -93,7 +93,7 @@ def top_processes(count: int = 5) -> list[str]:
 
 # --- inputs and the reference ---
 
-def prepare(count: int, scratch: Path) -> tuple[Path, Path, list[tuple[str, bytes, str]], Path]:
+def prepare(count: int, model: Path, scratch: Path) -> tuple[Path, Path, list[tuple[str, bytes, str]], Path]:
     """Validation samples as PNG files and an LViT text table, and `predict`'s masks of them
     (PyTorch on one thread, as a one-CPU replica or actor runs it, so the masks must be equal)."""
     import torch
@@ -119,7 +119,7 @@ def prepare(count: int, scratch: Path) -> tuple[Path, Path, list[tuple[str, byte
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        predict_files(None, images=folder, text_file=table, out=reference)
+        predict_files(model, images=folder, text_file=table, out=reference)
     finally:
         torch.set_num_threads(threads)
     return folder, table, inputs, reference
@@ -384,15 +384,16 @@ def serve_experiment(args: argparse.Namespace, proxies: str, inputs: list[tuple[
     try:
         port = free_port()
         launched = time.monotonic()
-        options = ["--replicas", str(args.replicas), "--cpus-per-replica", "1", "--max-batch", "1",
+        options = ["--model", str(args.model), "--replicas", str(args.replicas), "--cpus-per-replica", "1", "--max-batch", "1",
                    "--proxy-location", proxies]
         server = Server(cluster.address, port, options, key_file, out / f"server-{proxies}.log")
         server.wait_ready(args.startup_timeout)
         shown = ["lga-export", *server.command[len(CLI):]]
-        result.update(command=" ".join(shown).replace(str(key_file), "KEYFILE"),
+        result.update(command=" ".join(shown).replace(str(key_file), "KEYFILE").replace(f"{REPO}/", ""),
                       startup_s=round(time.monotonic() - launched, 1))
         result["placement_before"] = placement = cluster.actors(REPLICA_CLASS)
         proxy_placement = cluster.actors("ProxyActor")
+        result["health_actor_before"] = cluster.actors("LGAHealth")
         spread = {a["node"] for a in placement}
         if len(spread) < 2 or "head" in spread:
             raise SystemExit(f"the replicas are not spread over two worker nodes: {placement}")
@@ -503,9 +504,11 @@ def predict_experiment(args: argparse.Namespace, folder: Path, table: Path, refe
     names = [f"{stem}_{kind}.png" for stem in stems for kind in ("mask", "overlay")]
     dest = scratch / "predict-ray"
     cluster = SimCluster(args.nodes)
-    command = [*CLI, "predict", "--ray", "--address", cluster.address, "--workers", str(args.workers),
+    command = [*CLI, "predict", "--ray", "--model", str(args.model), "--address", cluster.address,
+               "--workers", str(args.workers),
                "--images", str(folder), "--text-file", str(table), "--out", str(dest)]
-    result: dict[str, Any] = {"command": " ".join(["lga-export", *command[len(CLI):]]).replace(str(scratch), "SCRATCH"),
+    shown = " ".join(["lga-export", *command[len(CLI):]]).replace(str(scratch), "SCRATCH").replace(f"{REPO}/", "")
+    result: dict[str, Any] = {"command": shown,
                               "images": len(stems), "nodes": ["head (0 CPUs)"] + [f"{n} (1 CPU)" for n in cluster.workers]}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     with (out / "predict.log").open("w") as log:
@@ -586,7 +589,8 @@ def render_serve(serve: dict[str, Any]) -> list[str]:
         f"    {serve['command']}", "",
         f"Cluster: {', '.join(serve['nodes'])}. Ready {serve['startup_s']} s after launch. Replicas before the kill: "
         f"{where(serve['placement_before'])}; after: {where(serve['placement_after'])}. Serve's HTTP proxies "
-        f"before: {where(serve['proxies_before'])}. Killed: "
+        f"before: {where(serve['proxies_before'])}; the /v1/health replica: "
+        f"{where(serve.get('health_actor_before', []))}. Killed: "
         f"**{serve['killed_node']}**, {serve['kill_s']} s into the load, after {r['answered_before_kill']} answers.",
         "",
         "| sent | answered | mask right | mask wrong | failed, clear error | failed, unclear | refused | lost |",
@@ -633,8 +637,9 @@ def render(record: dict[str, Any]) -> str:
              f"{record['load_average_end']} at the end. Busiest processes at the start: "
              f"{'; '.join(record['top_processes'])}.",
              f"Versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}.",
-             f"Model: the embedded default model on PyTorch FP32, one thread per replica or actor; the reference "
-             f"masks are `predict`'s on one thread. {record['wall_s']} s in all.", "",
+             f"Model: `{record['model']}` on PyTorch FP32, one thread per replica or actor (`--max-batch 1`, so "
+             f"every served mask must equal `predict`'s byte for byte); the reference masks are `predict`'s on "
+             f"one thread. {record['wall_s']} s in all.", "",
              "The cluster is `ray.cluster_utils.Cluster`: every node its own raylet, object store and workers, "
              "all on this machine. Killing a node: SIGKILL of its raylet and every process under it at once, "
              "then `remove_node` without a graceful stop. Serve's proxy readiness timeout was raised for this "
@@ -643,6 +648,8 @@ def render(record: dict[str, Any]) -> str:
         lines += render_serve(serve)
     if "predict" in record:
         lines += render_predict(record["predict"])
+    if record.get("notes"):  # added by hand to results.json, then --replot
+        lines += ["## Notes", ""] + [f"- {note}" for note in record["notes"]] + [""]
     return "\n".join(lines)
 
 
@@ -658,6 +665,8 @@ def write(record: dict[str, Any], out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="record folder")
+    parser.add_argument("--model", type=Path, help="checkpoint or export folder (default: the embedded tiny model, "
+                        "small enough for one-CPU replicas)")
     parser.add_argument("--nodes", type=int, default=3, help="worker nodes (one CPU each)")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--clients", type=int, default=3, help="concurrent clients")
@@ -682,14 +691,20 @@ def main() -> int:
     if args.nodes < args.replicas + 1 or args.replicas < 2 or args.requests > 5000 or args.duration > 900:
         parser.error("give --replicas >= 2, --nodes > --replicas (a spare node to re-place on), "
                      "--requests <= 5000, --duration <= 900 (the test is bounded)")
+    if args.model is None:
+        from lga_export.loading import embedded_checkpoint
+
+        args.model = embedded_checkpoint("tiny")
+    args.model = args.model.resolve()
     started = time.monotonic()
     record: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
                               "top_processes": top_processes(), "arguments": " ".join(sys.argv[1:]),
-                              "cluster_env": SLOW_MACHINE_ENV}
+                              "cluster_env": SLOW_MACHINE_ENV, "model": str(args.model.relative_to(REPO))
+                              if args.model.is_relative_to(REPO) else str(args.model)}
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lga-node-loss-") as tmp:
         scratch = Path(tmp)
-        folder, table, inputs, reference = prepare(max(args.serve_images, args.predict_images), scratch)
+        folder, table, inputs, reference = prepare(max(args.serve_images, args.predict_images), args.model, scratch)
         record["serve"] = []
         for proxies in ([] if "serve" in args.skip else args.proxy_location or ["EveryNode", "HeadOnly"]):
             record["serve"].append(serve_experiment(args, proxies, inputs[:args.serve_images], reference, scratch,

@@ -72,22 +72,27 @@ def _send(node_loss, port: int, sample: tuple[str, bytes, str], key: str) -> dic
 
 @pytest.mark.slow
 def test_lost_worker_node_drops_no_connection(tmp_path, node_loss, cluster) -> None:
-    """Default --proxy-location (HeadOnly): the only Serve proxy runs on the head, so when the
-    replica's node dies every request still gets an HTTP answer (5xx while no replica runs, never
-    a reset or refused connection), and the replica, re-placed on the other worker node, answers
-    with the same mask."""
+    """Default --proxy-location (HeadOnly): the only Serve proxy runs on the head, and so does the
+    /v1/health application, so when the replica's node dies every request still gets an HTTP
+    answer (5xx while no replica runs, never a reset or refused connection), /v1/health answers,
+    and the replica, re-placed on the other worker node, answers with the same mask."""
     key = "node-loss-test-key"
     key_file = tmp_path / "api-key"
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
     port = node_loss.free_port()
-    options = ["--replicas", "1", "--cpus-per-replica", "1", "--max-batch", "1"]
+    from lga_export.loading import embedded_checkpoint
+
+    options = ["--model", str(embedded_checkpoint("tiny")), "--replicas", "1", "--cpus-per-replica", "1",
+               "--max-batch", "1"]
     server = node_loss.Server(cluster.address, port, options, key_file, tmp_path / "server.log")
     try:
         server.wait_ready(STARTUP_TIMEOUT_S)
         proxies = cluster.actors("ProxyActor")
         replicas = cluster.actors(node_loss.REPLICA_CLASS)
         assert {p["node"] for p in proxies} == {"head"}, f"a Serve proxy off the head node: {proxies}"
+        health = cluster.actors("LGAHealth")
+        assert [h["node"] for h in health] == ["head"], f"/v1/health is not answered from the head: {health}"
         assert len(replicas) == 1 and replicas[0]["node"].startswith("worker-"), replicas
         sample = _sample()
         first = _send(node_loss, port, sample, key)
@@ -128,7 +133,12 @@ def _load_through_the_kill(node_loss, cluster, port: int, sample, key: str, vict
         time.sleep(0.05)
     cluster.kill(victim)
     killed.set()
-    recovered.wait(RECOVERY_TIMEOUT_S)
+    health, deadline = [], time.monotonic() + RECOVERY_TIMEOUT_S
+    while True:  # /v1/health asked every 2 s until the replica is back
+        health.append(node_loss.attempt(port, "GET", "/v1/health", None, {}, 10.0))
+        if recovered.wait(2.0) or time.monotonic() > deadline:
+            break
+    assert health and all("status" in h for h in health), f"/v1/health unanswered: {health[:3]}"
     for thread in threads:
         thread.join(130)
     placed = cluster.actors(node_loss.REPLICA_CLASS)

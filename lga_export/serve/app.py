@@ -74,6 +74,7 @@ HEALTH_CHECK_PERIOD_S = 2.0  # how often Serve checks a replica: a dead one show
 # lost worker node takes no client connection with it (benchmarks/records/2026-12-01-ray-node-loss:
 # EveryNode lost the requests in flight through the dead node's proxy); EveryNode: more ingress.
 PROXY_LOCATIONS = ("HeadOnly", "EveryNode")
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node 1 of it (any cluster, local or KubeRay)
 
 
 @dataclass(frozen=True)
@@ -461,7 +462,10 @@ def application_health(app_name: str, allow_zero: bool) -> tuple[int, dict[str, 
     return 503, {"status": "unavailable", "reason": "no replica is running", **body}
 
 
-@serve.deployment(name=HEALTH_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+# On the head node (where the GCS, the Serve controller and, by default, the only proxy run): on a
+# worker node, /v1/health went unanswered when that node was lost (2026-12-01-ray-node-loss, first run).
+@serve.deployment(name=HEALTH_DEPLOYMENT, max_ongoing_requests=64,
+                  ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}})
 class LGAHealth:
     """GET /v1/health, outside the model's replicas: it answers while they are dead or busy."""
 
