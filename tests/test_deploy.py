@@ -130,8 +130,14 @@ def test_the_builders_make_what_serve_deploys(serve_config, tmp_path, monkeypatc
     settings, options = rayservice.plan(rayservice.parse(command))
     assert settings.api_key_sha256 == key_digest(key) and settings.max_batch == 8
     assert options["num_replicas"] == 2 and options["ray_actor_options"] == {"num_cpus": 2.0}
-    segmenter, health = rayservice.segmenter({"command": command}), rayservice.health({"command": command})
-    assert type(segmenter).__name__ == "Application" and type(health).__name__ == "Application"
+    # as Serve's controller builds an application from serveConfigV2: import_attr(import_path), then the builder
+    from ray._common.utils import import_attr
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    for app in serve_config["applications"]:
+        built = call_user_app_builder_with_args_if_necessary(import_attr(app["import_path"]), {"command": command})
+        assert isinstance(built, Application), app["name"]
 
 
 @pytest.mark.parametrize("extra, words", [
