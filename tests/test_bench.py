@@ -12,11 +12,15 @@ from typer.testing import CliRunner
 from lga_export.bench import BenchSettings, run_benchmark
 from lga_export.cli.bench import app
 from lga_export.export.specs import TOLERANCES
+from lga_export.loading import embedded_checkpoint
 
 # Pinned to the CPU: on a GPU host the bench defaults to cuda, where the dev install's CPU
 # onnxruntime has no CUDA provider and the expected cases differ (#22 bug 4).
 FAST = ["--samples", "2", "--batch", "1", "--warmup", "0", "--iters", "2", "--matmul-size", "256", "--threads", "2",
         "--device", "cpu"]
+
+
+TINY = str(embedded_checkpoint("tiny"))  # the model the module's export was made from
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def test_int8_parity_computed(results) -> None:
 
 def test_failed_gate_exits_3_and_report_names_it(results, tmp_path) -> None:
     out = tmp_path / "gated"
-    result = CliRunner().invoke(app, ["--onnx", str(results[1] / "onnx"), "--backends", "ort",
+    result = CliRunner().invoke(app, ["--checkpoint", TINY, "--onnx", str(results[1] / "onnx"), "--backends", "ort",
                                       "--precision", "fp32", "--max-latency-ratio", "0.000001",
                                       "--min-dice-agreement", "0.5", "--out", str(out), *FAST])
     assert result.exit_code == 3, result.output
@@ -88,7 +92,7 @@ def test_failed_gate_exits_3_and_report_names_it(results, tmp_path) -> None:
 
 def test_a_gate_that_compared_nothing_fails(tmp_path) -> None:
     out = tmp_path / "nothing"
-    result = CliRunner().invoke(app, ["--backends", "trt", "--precision", "fp32", "--min-dice-agreement", "0.99",
+    result = CliRunner().invoke(app, ["--checkpoint", TINY, "--backends", "trt", "--precision", "fp32", "--min-dice-agreement", "0.99",
                                       "--out", str(out), *FAST])
     assert result.exit_code == 3, result.output
     assert "no backend was compared" in result.output
@@ -96,7 +100,7 @@ def test_a_gate_that_compared_nothing_fails(tmp_path) -> None:
 
 
 def test_require_all_fails_on_a_skipped_case(results, tmp_path) -> None:
-    result = CliRunner().invoke(app, ["--onnx", str(results[1] / "onnx"), "--backends", "ort",
+    result = CliRunner().invoke(app, ["--checkpoint", TINY, "--onnx", str(results[1] / "onnx"), "--backends", "ort",
                                       "--precision", "fp32,bf16", "--require-all", "--out", str(tmp_path / "o"), *FAST])
     assert result.exit_code == 3 and "ort-bf16 did not run" in result.output, result.output
 
@@ -104,12 +108,12 @@ def test_require_all_fails_on_a_skipped_case(results, tmp_path) -> None:
 def test_refuses_existing_output_unknown_backend_and_bad_values(results, tmp_path) -> None:
     (tmp_path / "taken").mkdir()
     base = ["--onnx", str(results[1] / "onnx")]
-    taken = CliRunner().invoke(app, [*base, *FAST, "--backends", "torch", "--precision", "fp32", "--out",
+    taken = CliRunner().invoke(app, ["--checkpoint", TINY, *base, *FAST, "--backends", "torch", "--precision", "fp32", "--out",
                                      str(tmp_path / "taken")])
     assert taken.exit_code == 2 and "--force" in taken.output
     for args, message in [(["--backends", "tflite"], "tflite"), (["--matmul-size", "-1"], "--matmul-size"),
                           (["--data", str(tmp_path / "typo")], "no qata-cov19"), (["--batch", "x"], "--batch")]:
-        result = CliRunner().invoke(app, [*base, *FAST, *args, "--out", str(tmp_path / "x")])
+        result = CliRunner().invoke(app, ["--checkpoint", TINY, *base, *FAST, *args, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert not (tmp_path / "x").exists()
 
@@ -126,7 +130,7 @@ def test_a_gpu_host_still_runs_the_cpu_bench_and_reads_runner_device_times(resul
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Fake GPU")
     monkeypatch.setattr(TorchRunner, "last_device_ms", lambda self: 2.0)
     out = tmp_path / "host"
-    result = CliRunner().invoke(app, ["--onnx", str(results[1] / "onnx"), "--backends", "torch,ort", "--precision",
+    result = CliRunner().invoke(app, ["--checkpoint", TINY, "--onnx", str(results[1] / "onnx"), "--backends", "torch,ort", "--precision",
                                       "fp32", "--out", str(out), *FAST])  # exported before torch was told of a GPU
     assert result.exit_code == 0, result.output
     stored = json.loads((out / "results.json").read_text())

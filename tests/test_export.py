@@ -17,6 +17,7 @@ from lga_export.export import validate as validate_module
 from lga_export.export.exporter import export_onnx
 from lga_export.export.specs import TOLERANCES, Tolerance, dummy_inputs, graph_specs
 from lga_export.fileio import sha256_file
+from lga_export.loading import embedded_checkpoint
 from lga_export.runtime.registry import open_runner
 
 runner = CliRunner()
@@ -115,7 +116,7 @@ def test_failed_validation_writes_nothing_and_exits_3(tmp_path, default_model, m
     with pytest.raises(ValidationFailed, match=r"fp32: text_encoder: max abs difference|lga_image: max abs"):
         export_onnx(default_model, out, validation_batch=3, log=lambda _: None)
     assert not out.exists() and not list(tmp_path.iterdir())
-    result = runner.invoke(app, ["onnx", "--out", str(out)])
+    result = runner.invoke(app, ["onnx", "--checkpoint", str(embedded_checkpoint("tiny")), "--out", str(out)])
     assert result.exit_code == 3, result.output
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -135,7 +136,7 @@ def test_predict_from_onnx_checkpoint_and_default_agree(export, image_folder, tm
     from lga_export.metrics import dice
 
     masks = {}
-    for name, args in (("onnx", ["--model", str(out_dir)]), ("torch", [])):
+    for name, args in (("onnx", ["--model", str(out_dir)]), ("torch", ["--model", str(embedded_checkpoint("tiny"))])):
         result = runner.invoke(app, ["predict", *args, "--images", str(images), "--text-file", str(table),
                                      "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
