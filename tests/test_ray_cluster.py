@@ -43,7 +43,7 @@ def cluster(node_loss):
 
     if ray.is_initialized():
         ray.shutdown()
-    started = node_loss.SimCluster(2)  # a head with 0 CPUs and two one-CPU worker nodes
+    started = node_loss.start_cluster(2)  # a head with 0 CPUs and two one-CPU worker nodes
     yield started
     started.shutdown()
 
