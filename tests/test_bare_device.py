@@ -7,6 +7,7 @@ measures tiny's four variants on a 2-core CPU."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SIMULATE = REPO / "benchmarks" / "simulate_bare_device.py"
+# Opt-in: the first run builds a 5.8 GB venv (about 5 min) and the simulation then takes minutes
+# more, which would more than double CI's time; run with LGA_BARE_DEVICE_SIM=1 before a GPU loan.
+pytestmark = pytest.mark.skipif(os.environ.get("LGA_BARE_DEVICE_SIM") != "1",
+                                reason="builds a 5.8 GB bare-image venv and runs the device check there (10+ "
+                                       "min); set LGA_BARE_DEVICE_SIM=1 to run it")
 
 
 def _simulate(*args: str) -> subprocess.CompletedProcess:
