@@ -145,3 +145,14 @@ def _load_through_the_kill(node_loss, cluster, port: int, sample, key: str, vict
     assert recovered.is_set(), f"the replica did not come back in {RECOVERY_TIMEOUT_S} s (now: {placed})"
     assert placed and all(p["node"] not in ("head", victim) for p in placed), placed
     return answers
+
+
+def test_an_unknown_proxy_location_is_refused_in_one_line() -> None:
+    """Checked before Ray starts: exit 2, one line naming both choices."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "lga_export.cli.main", "serve", "--proxy-location", "Nowhere"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "HeadOnly" in lines[0] and "EveryNode" in lines[0], done.stderr
