@@ -38,20 +38,45 @@ def _loopback(ip: str) -> bool:
     return address.is_loopback
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_local_ray_listens_on_loopback_only() -> None:
+    """With a Serve application deployed as `serve` does (proxy, controller, a replica): every
+    listening socket of every Ray process is on loopback (a replica's inter-deployment gRPC server,
+    an ASGI entry past the proxy, was on `::` even then)."""
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
+    from ray import serve
+
     from lga_export.serve.cluster import ray_session
 
-    with ray_session(None, num_cpus=1) as ray:
+    with ray_session(None, num_cpus=2) as ray:
         @ray.remote
         def worker_pid() -> int:
             return os.getpid()
 
-        worker = ray.get(worker_pid.remote())  # a worker process is up, with its own gRPC server
-        gcs = ray.get_runtime_context().gcs_address
-        sockets = _listening(psutil.Process())
-        ours = {p.pid for p in psutil.Process().children(recursive=True)}
+        @serve.deployment
+        class Probe:
+            def __call__(self, request) -> str:
+                return str(os.getpid())
+
+        try:
+            worker = ray.get(worker_pid.remote())  # a task worker is up, with its own gRPC server
+            serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+            serve.run(Probe.bind(), name="probe", route_prefix="/probe")
+            gcs = ray.get_runtime_context().gcs_address
+            sockets = _listening(psutil.Process())
+            ours = {p.pid for p in psutil.Process().children(recursive=True)}
+        finally:
+            serve.shutdown()
     names = {name for name, _, _ in sockets}
     assert {"gcs_server", "raylet"} <= names, sockets  # the instance is this process's own, not one joined
+    assert any(name.startswith("ray::ServeReplica") for name in names), names
     assert worker in ours, "the worker's sockets were not among those checked"
     assert gcs.startswith("127.0.0.1:"), gcs
     exposed = [s for s in sockets if not _loopback(s[1])]

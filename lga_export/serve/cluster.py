@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -92,11 +95,58 @@ def _init_loopback(ray: Any, num_cpus: int | None) -> None:
     notice.addFilter(_token_notice)
     try:
         ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING,
+                 runtime_env={"worker_process_setup_hook": f"{__name__}.loopback_worker_setup"})
     finally:
         notice.removeFilter(_token_notice)
         if single is not None:
             ray_constants.ENABLE_RAY_CLUSTER = single
+
+
+_REPLICA = "ray.serve._private.replica"
+
+
+def loopback_worker_setup() -> None:
+    """Setup hook of every worker of a loopback instance: a Serve replica binds its inter-deployment
+    gRPC server (an ASGI entry to the deployment, past the proxy and its authentication) to "[::]:0",
+    every interface, whatever the node's address; it is bound to 127.0.0.1 instead. The replica
+    module is patched when first imported, so workers that never serve do not pay for importing it."""
+    if _REPLICA in sys.modules:
+        _bind_replica_grpc_to_loopback(sys.modules[_REPLICA])
+    elif not any(isinstance(finder, _ReplicaPatcher) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ReplicaPatcher())
+
+
+class _ReplicaPatcher(importlib.abc.MetaPathFinder):
+    """Finds Serve's replica module with the other finders and patches it once it has run."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != _REPLICA:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            run = spec.loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                run(module)
+                _bind_replica_grpc_to_loopback(module)
+
+            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _bind_replica_grpc_to_loopback(module: Any) -> None:
+    bind = getattr(module, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "lga_loopback", False):
+        return
+
+    def loopback(server: Any, address: str) -> int:
+        host, _, port = address.rpartition(":")
+        return bind(server, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0", "") else address)
+
+    loopback.lga_loopback = True  # type: ignore[attr-defined]
+    module.add_port_to_grpc_server = loopback
 
 
 def _token_notice(record: logging.LogRecord) -> bool:

@@ -53,7 +53,8 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, split: str, out: Path, *, 
     return summary
 
 
-def _figure_cases(model, embedder, samples, scores, cases: int) -> tuple[list[tuple[str, int]], list[dict[str, Any]]]:
+def _figure_cases(model: Any, embedder: Any, samples: list[Any], scores: list[Any],
+                  cases: int) -> tuple[list[tuple[str, int]], list[dict[str, Any]]]:
     """The best and worst `cases` samples by Dice: (label, score index) picks and the figure's rows."""
     from lga_export.imageio import read_image, read_mask
     from lga_export.resample import logits_to_mask
