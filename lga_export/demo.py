@@ -3,6 +3,7 @@ masks drawn by the exported graphs, and a benchmark of PyTorch against ONNX Runt
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = print) -> dict:
     from lga_export.bench import BenchSettings, run_benchmark
+    from lga_export.errors import ValidationFailed
     from lga_export.export.exporter import export_onnx
     from lga_export.export.report import render_validation
     from lga_export.fileio import atomic_dir
@@ -38,6 +40,22 @@ def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = pri
         log(f"overlays of {len(samples)} samples from {source} (ONNX Runtime FP32) in {out / 'masks'}")
         settings = BenchSettings(backends=["torch", "ort", "ov"], precisions=["fp32", "bf16", "fp16", "int8"],
                                  batches=[1], samples=8, warmup=1, iters=5, exclude=["torch-fp16"])
-        run_benchmark(model, tmp / "bench", settings, onnx_dir=tmp / "onnx", log=log)
+        try:
+            run_benchmark(model, tmp / "bench", settings, onnx_dir=tmp / "onnx", log=log)
+            failed = None
+        except ValidationFailed as exc:  # a backend failing on this CPU is shown, not fatal (#20 item 3)
+            failed = str(exc)
         log((tmp / "bench" / "report.md").read_text())
+        results = json.loads((tmp / "bench" / "results.json").read_text())
+        reference = results.get("reference", "torch-fp32")
+        passing = [c["label"] for c in (results.get("recommendation") or {}).get("ranking", [])
+                   if c.get("passed") and c["label"] != reference]
+        dropped = ((manifest.get("validation") or {}).get("dropped") or {}).get("int8")
+        if dropped:
+            log("FAIL int8 graph: left out of the export, failed validation: " + " | ".join(dropped))
+        if failed:
+            log(f"failing on this CPU (shown, not fatal: lga-bench exits 3 on them): {failed}")
+        if not passing:
+            raise ValidationFailed(f"no CPU deployment path passed its gate: {failed or 'none ran'}")
+        log(f"passing on this CPU: {', '.join(passing)}")
     return manifest
