@@ -50,9 +50,8 @@ def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = pri
         reference = results.get("reference", "torch-fp32")
         passing = [c["label"] for c in (results.get("recommendation") or {}).get("ranking", [])
                    if c.get("passed") and c["label"] != reference]
-        dropped = ((manifest.get("validation") or {}).get("dropped") or {}).get("int8")
-        if dropped:
-            log("FAIL int8 graph: left out of the export, failed validation: " + " | ".join(dropped))
+        for precision, lines in ((manifest.get("validation") or {}).get("dropped") or {}).items():
+            log(f"FAIL {precision} graphs: left out of the export, failed validation: " + " | ".join(lines))
         if failed:
             log(f"failing on this CPU (shown, not fatal: lga-bench exits 3 on them): {failed}")
         if not passing:

@@ -44,9 +44,9 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
 
     `int8`: False, True (the default method), 'dynamic', 'static' or 'ov' (both calibrated on
     `calibration_samples` training images of `data_root`; see export/quantize.py).
-    `drop_failing_int8`: when only the INT8 graph fails validation, leave it out of the folder and
-    record why (`validation["dropped"]`) instead of failing the export (the demo: an INT8 graph that
-    does not agree with PyTorch is a deployment path that fails on this model, shown, not fatal)."""
+    `drop_failing_int8`: when FP32 passes, leave every reduced-precision graph set that fails (INT8,
+    FP16) out of the folder and record why (`validation["dropped"]`) instead of failing the export
+    (the demo: such a graph is a deployment path that fails on this model, shown, not fatal)."""
     int8_kind = int8_method(int8, calibration_samples)
     check_opset(opset)
     check_data_root(data_root)
@@ -87,13 +87,8 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
             log(f"validating against PyTorch at batch {validation_batch} ...")
             graphs = {precision: {name: paths[0] for name, paths in by_graph.items()} for precision, by_graph in files.items()}
             validation = validate_export(model, graphs, tmp / TOKENIZER_DIR, validation_batch, data_root)
-            if drop_failing_int8 and _only_int8_failed(validation):
-                validation["dropped"] = {"int8": failure_lines(validation)}
-                for path in files.pop("int8")[IMAGE_GRAPH]:
-                    path.unlink()
-                del validation["results"]["int8"]
-                validation["passed"] = True
-                log("left the INT8 graph out: " + " | ".join(validation["dropped"]["int8"]))
+            if drop_failing_int8 and validation["results"]["fp32"]["passed"]:
+                _drop_failing_reduced(validation, files, log)
             if not validation["passed"]:
                 raise ValidationFailed("export failed validation, nothing written: " + " | ".join(failure_lines(validation)))
         manifest: dict[str, Any] = {
@@ -118,7 +113,19 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
     return manifest
 
 
-def _only_int8_failed(validation: dict[str, Any]) -> bool:
-    results = validation["results"]
-    return "int8" in results and not results["int8"]["passed"] and all(
-        result["passed"] for precision, result in results.items() if precision != "int8")
+def _drop_failing_reduced(validation: dict[str, Any], files: dict[str, dict[str, list[Path]]],
+                          log: Callable[[str], None]) -> None:
+    """Leave out every reduced-precision graph set that failed validation (FP32 passed), deleting
+    only its own files (an INT8 set shares the FP32 text graph), and record why."""
+    kept = {path for path in files["fp32"].values() for path in path}
+    for precision, result in list(validation["results"].items()):
+        if precision == "fp32" or result["passed"]:
+            continue
+        validation.setdefault("dropped", {})[precision] = [f"{precision}: {'; '.join(result['problems'])}"]
+        for paths in files.pop(precision).values():
+            for path in paths:
+                if path not in kept and path.exists():
+                    path.unlink()
+        del validation["results"][precision]
+        log(f"left the {precision} graphs out: " + " | ".join(validation["dropped"][precision]))
+    validation["passed"] = all(result["passed"] for result in validation["results"].values())
