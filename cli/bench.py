@@ -61,6 +61,10 @@ def bench(
                                      "run; a skipped one fails with exit 3 (GPU CI)."),
     max_latency_ratio: Optional[float] = typer.Option(None, "--max-latency-ratio", help="Gate: image-graph p50 "
                                                       "latency / PyTorch FP32's, every other backend (exit 3 above)."),
+    no_self_check: bool = typer.Option(False, "--no-self-check", help="Skip the self-check of reduced precisions "
+                                       "(each one's first run on this machine against the FP32 graphs of its "
+                                       "backend, cached). With it on (the default) the check is recorded per case "
+                                       "in results.json and the report, and a failed check fails the gate (exit 3)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     debug: bool = DebugOption,
 ) -> None:
@@ -80,7 +84,7 @@ def bench(
                              exclude=[e.strip() for e in exclude.split(",")] if exclude else [],
                              ort_providers=[p.strip() for p in ort_providers.split(",")] if ort_providers else None,
                              min_dice_agreement=min_dice_agreement, max_latency_ratio=max_latency_ratio,
-                             require_all=require_all)
+                             require_all=require_all, self_check=not no_self_check)
     model = load_model(preset, checkpoint, sam_checkpoint, ablation_overrides(text_model))
     run_benchmark(model, out, settings, onnx_dir=onnx, force=force, log=typer.echo)
     typer.echo(f"wrote {out}/results.json, {out}/report.md and plots")

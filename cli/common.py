@@ -12,7 +12,7 @@ import typer
 
 from lga_export.errors import Interrupted, LGAError, ValidationFailed
 
-PresetOption = typer.Option(None, "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, vit_h, tiny.")
+PresetOption = typer.Option(None, "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, vit_h, tiny, lite (LiteMedSAM).")
 CheckpointOption = typer.Option(None, "--checkpoint", "-c", help="LGA checkpoint (.safetensors) written by lga-export.",
                                 exists=False, dir_okay=False)
 SamCheckpointOption = typer.Option(None, "--sam-checkpoint", help="SAM checkpoint in the official layout (sam_vit_b_01ec64.pth).")
@@ -113,7 +113,25 @@ ModelOption = typer.Option(None, "--model", "-m", help="Export folder (ONNX Runt
 BackendOption = typer.Option(None, "--backend", help="Runner: torch, torch-compile, ort (ONNX Runtime) or ov "
                              "(OpenVINO) on an export folder, or trt (default: the one that fits --model; for "
                              "--precision int8, the one the export's INT8 graph was made for).")
-PrecisionOption = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and the export offer.")
+PrecisionOption = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and the export "
+                               "offer. A reduced precision (ov bf16/int8, ort fp16/int8, trt fp16) checks itself the "
+                               "first time it runs on a machine: the built-in check sample through it and through "
+                               "the FP32 graphs, at the precision's tolerance; the verdict is cached beside the "
+                               "compiled model. Asked for here, a precision that fails its check is refused (exit 3, "
+                               "one line naming the CPU, the figure and a precision that passes), unless "
+                               "--fallback-fp32.")
+# Reduced precision's self-check (runtime/self_check.py): predict, predict --ray and serve.
+NoSelfCheckOption = typer.Option(False, "--no-self-check", help="Skip the self-check of a reduced precision (for "
+                                 "machines you validated yourself); describe() and /v1/model record it as skipped.")
+FallbackOption = typer.Option(False, "--fallback-fp32", help="Do not insist on --precision: when it fails its "
+                              "self-check on this machine, run the export's FP32 graphs instead, saying so in one "
+                              "line (and in /v1/model), rather than refusing.")
+
+
+def self_check_mode(no_self_check: bool, fallback_fp32: bool) -> str:
+    """The runner factory's self_check argument for these flags: an explicit --precision refuses a
+    failed check, --fallback-fp32 falls back to FP32, --no-self-check skips it."""
+    return "off" if no_self_check else "fallback" if fallback_fp32 else "refuse"
 DebugOption = typer.Option(False, "--debug", help="Show the full traceback of an unforeseen error (same as LGA_DEBUG=1).")
 
 

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from lga_export.cli.common import (BackendOption, CheckpointOption, ModelOption, PrecisionOption, PresetOption,
-                                   SamCheckpointOption, TextModelOption,
+from lga_export.cli.common import (BackendOption, CheckpointOption, FallbackOption, ModelOption, NoSelfCheckOption,
+                                   PrecisionOption, PresetOption, SamCheckpointOption, TextModelOption, self_check_mode,
                                    ablation_overrides, quiet_libraries, user_errors)
 
 
@@ -80,6 +80,8 @@ def predict(
     address: Optional[str] = typer.Option(None, "--address", help="With --ray: join this Ray cluster (auto, "
                                           "HOST:PORT); default: a local Ray instance."),
     workers: int = typer.Option(2, "--workers", help="With --ray: number of runner actors."),
+    no_self_check: bool = NoSelfCheckOption,
+    fallback_fp32: bool = FallbackOption,
 ) -> None:
     """Segment images with their reports: writes <name>_mask.png and <name>_overlay.png.
 
@@ -94,7 +96,8 @@ def predict(
 
         written = predict_files_ray(model, image=image, text=text, images=images, text_file=text_file, out=out,
                                     threshold=threshold, force=force, backend=backend, precision=precision,
-                                    device=device, progress=True, workers=workers, address=address)
+                                    device=device, progress=True, workers=workers, address=address,
+                                    self_check=self_check_mode(no_self_check, fallback_fp32))
     elif address is not None:
         from lga_export.errors import LGAError
 
@@ -102,7 +105,7 @@ def predict(
     else:
         written = predict_files(model, image=image, text=text, images=images, text_file=text_file, out=out,
                                 threshold=threshold, force=force, backend=backend, precision=precision,
-                                device=device, progress=True)
+                                device=device, progress=True, self_check=self_check_mode(no_self_check, fallback_fp32))
     for path in written:
         typer.echo(f"wrote {path}")
 

@@ -67,9 +67,14 @@ def demo(
 ) -> None:
     """Run the main job on the embedded default model: export, validate, segment, benchmark.
 
-    Prints the model summary, exports FP32 + FP16 ONNX graphs validated against PyTorch on
+    Prints the model summary, exports FP32 + FP16 + INT8 ONNX graphs validated against PyTorch on
     real images, draws masks with the exported graphs, and ends with lga-bench's report
-    (PyTorch FP32/BF16 vs ONNX Runtime FP32/FP16/INT8).
+    (PyTorch FP32/BF16 vs ONNX Runtime FP32/FP16/INT8 and OpenVINO FP32/BF16) and a headline of
+    every CPU deployment path with its figure.
+
+    Exit 0 when the export validates and at least one CPU deployment path passes its gate; a
+    backend that fails on this CPU is shown as FAIL with its figure, not fatal (lga-bench exits 3
+    on it). Exit 3 when the export does not validate or no deployment path passes.
     """
     quiet_libraries()
     from lga_export.demo import run_demo

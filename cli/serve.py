@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from lga_export.cli.common import BackendOption, ModelOption, PrecisionOption, quiet_libraries, user_errors
+from lga_export.cli.common import (BackendOption, FallbackOption, ModelOption, NoSelfCheckOption, PrecisionOption,
+                                   quiet_libraries, self_check_mode, user_errors)
 
 
 @user_errors
@@ -51,6 +52,8 @@ def serve(
                                        "proxies run: HeadOnly (a lost worker node drops no client connection) or "
                                        "EveryNode (an ingress on every node; requests in flight through a lost "
                                        "node are lost). Fixed by the first serve on a cluster, like --port."),
+    no_self_check: bool = NoSelfCheckOption,
+    fallback_fp32: bool = FallbackOption,
 ) -> None:
     """Serve segmentation over HTTP (Ray Serve): POST /v1/segment, GET /v1/health, GET /v1/model.
 
@@ -77,7 +80,8 @@ def serve(
     settings = ServeSettings(model=str(model) if model is not None else None, backend=backend, precision=precision,
                              device=device, threshold=threshold, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                              max_request_mb=max_request_mb, max_megapixels=max_megapixels, threads=threads,
-                             body_timeout_s=body_timeout_s, max_uploads=max_uploads)
+                             body_timeout_s=body_timeout_s, max_uploads=max_uploads,
+                             self_check=self_check_mode(no_self_check, fallback_fp32))
     scaling = Scaling(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
                       cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica)
     serve_forever(settings, scaling, host=host, port=port, address=address, num_cpus=num_cpus,

@@ -99,8 +99,10 @@ def output_names(path: Path) -> tuple[str, str]:
 def predict_files(model_ref: Path | None, *, image: Path | None = None, text: str | None = None,
                   images: Path | None = None, text_file: Path | None = None, out: Path = Path("runs/predict"),
                   threshold: float = 0.0, force: bool = False, batch_size: int = 4, backend: str | None = None,
-                  precision: str = "fp32", device: str | None = None, progress: bool = False) -> list[Path]:
-    """Segment every (image, report) pair; returns the files written (mask, overlay per image)."""
+                  precision: str = "fp32", device: str | None = None, progress: bool = False,
+                  self_check: str = "refuse") -> list[Path]:
+    """Segment every (image, report) pair; returns the files written (mask, overlay per image).
+    `self_check`: what a reduced precision's first run here does (`registry.open_runner`)."""
     from tqdm import tqdm
 
     from lga_export.runtime.pipeline import Segmenter
@@ -108,12 +110,12 @@ def predict_files(model_ref: Path | None, *, image: Path | None = None, text: st
 
     if batch_size < 1:
         raise LGAError(f"--batch-size must be at least 1, not {batch_size}")
+    check_out(out, images)
     jobs = collect_jobs(image, text, images, text_file)
     names = [name for path, _ in jobs for name in output_names(path)]
-    check_out(out, images)
     with atomic_files(out, names, force=force) as staged:
         rgbs = [read_image(path) for path, _ in jobs]  # every image readable before any inference
-        with open_runner(backend, model_ref, precision, device) as runner:
+        with open_runner(backend, model_ref, precision, device, self_check=self_check) as runner:
             segmenter = Segmenter(runner)
             bar = tqdm(range(0, len(jobs), batch_size), desc="predict", unit="batch",
                        disable=None if progress else True)  # None: shown on a terminal only

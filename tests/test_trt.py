@@ -615,6 +615,63 @@ def test_runner_queues_everything_on_its_own_stream(built, monkeypatch) -> None:
     assert streams[0].synced == 2 and all(e.closed for e in loaded) and not runner.active
 
 
+def test_fp16_engines_check_themselves_against_the_fp32_engines(built, monkeypatch, tmp_path) -> None:
+    """Issue #20 item 2 with TensorRT and CUDA faked: the FP16 engine returns NaN logits, the FP32
+    one finite logits. FP16 is refused in one line naming the GPU and its compute capability, falls
+    back to the FP32 engines where the caller does not insist, and the verdict is cached per GPU."""
+    import torch
+
+    from lga_export.errors import ValidationFailed
+    from lga_export.runtime import self_check as checks
+    from lga_export.runtime.registry import open_runner
+
+    _, engines = built
+    monkeypatch.setenv("LGA_EXPORT_CACHE", str(tmp_path / "cache"))
+    text_spec, image_spec = graph_specs(TINY)
+    width, size = text_spec.outputs[0].shape[-1], image_spec.outputs[0].shape[-1]
+
+    class FakeEngine:
+        def __init__(self, artifact) -> None:
+            self.graph, self.precision = artifact.manifest["graph"], artifact.manifest["precision"]
+
+        def run(self, feeds, stream):
+            batch = len(next(iter(feeds.values())))
+            if self.graph == TEXT_GRAPH:
+                return {TEXT_EMBEDDING: np.ones((batch, 1, width), np.float32)}
+            logits = np.tile(np.linspace(-1, 1, size * size, dtype=np.float32).reshape(1, 1, size, size), (batch, 1, 1, 1))
+            return {MASK_LOGITS: np.full_like(logits, np.nan) if self.precision == "fp16" else logits}
+
+        def close(self) -> None:
+            pass
+
+    class FakeStream:
+        def __init__(self, device=None) -> None:
+            self.cuda_stream = 1
+
+        def synchronize(self) -> None:
+            pass
+
+    fake_trt = types.SimpleNamespace(Runtime=lambda logger: object(), Logger=lambda level: object())
+    fake_trt.Logger.WARNING = 2
+    monkeypatch.setattr(_trt, "require_tensorrt_and_gpu", lambda: fake_trt)
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_Engine, "load", classmethod(lambda cls, trt, runtime, artifact, device: FakeEngine(artifact)))
+    computed = checks.COMPUTED
+    with pytest.raises(ValidationFailed) as info:
+        open_runner("trt", engines, "fp16", "cuda")
+    line = str(info.value)
+    assert "\n" not in line and "trt-fp16 failed its self-check on NVIDIA H200 (compute capability 9.0)" in line
+    assert "NaN/Inf" in line and "against trt-fp32" in line and checks.COMPUTED == computed + 1
+    with open_runner("trt", engines, "fp16", "cuda", self_check="fallback") as runner:
+        assert runner.precision == "fp32" and runner.self_check.cached and checks.COMPUTED == computed + 1
+        assert (runner.description().precision, runner.description().precision_in_use) == ("fp16", "fp32")
+    assert len(list((tmp_path / "cache" / "tensorrt").glob("self-check.trt-fp16.*"))) == 1
+    with open_runner("trt", engines, "fp32", "cuda") as runner:  # FP32 is the reference: nothing to check
+        assert runner.self_check is None
+
+
 # ---------------------------------------------------------------- CLI without TensorRT / GPU
 
 def test_trt_without_tensorrt_exits_2(tmp_path: Path, monkeypatch) -> None:

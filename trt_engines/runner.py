@@ -149,6 +149,7 @@ class TensorRTRunner(Runner):
     precisions = ("fp32", "fp16")
     default_device = "cuda"
     sources = (ENGINES,)
+    self_checked = ("fp16",)  # checked against the folder's FP32 engines on first use per GPU (self_check.py)
 
     @classmethod
     def unavailable(cls, precision: str, device: str) -> str | None:
@@ -218,6 +219,34 @@ class TensorRTRunner(Runner):
     def model_digest(self) -> str | None:
         return next(iter(self.artifacts.values())).manifest.get("model_digest") if self.artifacts else None
 
+    def self_check_identity(self) -> dict[str, Any] | None:
+        """The engines' sha256 (and the FP32 reference engines' manifests), TensorRT's version, the GPU
+        and its compute capability."""
+        import hashlib
+
+        import torch
+
+        from lga_export.artifact import engine_manifest_path
+        from lga_export.trt_engines._trt import current_environment
+
+        index = torch.device(self.device_name).index
+        environment = self._environment or current_environment(index)
+        engines = {graph: a.manifest.get("files", {}).get(a.engine.relative_to(self.engines_dir).as_posix())
+                   for graph, a in sorted(self.artifacts.items())}
+        reference = {}
+        for graph in sorted(self.artifacts):
+            path = engine_manifest_path(self.engines_dir, graph, "fp32")
+            reference[graph] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        return {"model_digest": self.model_digest, "graphs": engines, "reference_graphs": reference,
+                "runtime": f"tensorrt {environment.get('tensorrt_version')}",
+                "host": {"gpu": environment.get("gpu_name"), "compute_capability": environment.get("compute_capability")}}
+
+    def self_check_root(self) -> Path | None:
+        """The per-user TensorRT cache folder (engines live in the user's engine folder, which stays as built)."""
+        from lga_export.runtime.host import cache_root, ensure_cache_dir
+
+        return ensure_cache_dir(cache_root("tensorrt"))
+
     def activate_impl(self) -> None:
         """Check every engine against this machine, deserialize both, create the CUDA stream."""
         import torch
@@ -286,5 +315,6 @@ class TensorRTRunner(Runner):
         return info
 
     def description(self) -> RunnerDescription:
-        return RunnerDescription(self.backend, self.precision, self.precision, self.device_name, on_cpu=False,
-                                 providers={graph: ["TensorRT"] for graph in self.artifacts})
+        return self.with_self_check(RunnerDescription(self.backend, self.precision, self.precision, self.device_name,
+                                                      on_cpu=False,
+                                                      providers={graph: ["TensorRT"] for graph in self.artifacts}))

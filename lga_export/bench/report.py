@@ -99,14 +99,16 @@ def recommendation(results: dict[str, Any]) -> dict[str, Any] | None:
         gate = override if override is not None else tolerance(case["precision"]).min_dice
         worst = min((b["parity"]["end_to_end"]["dice_worst"] for b in case["batches"].values()
                      if b["parity"]["end_to_end"]["dice_worst"] is not None), default=None)
-        nonfinite = any(b["parity"]["end_to_end"]["nonfinite"] or b["parity"][TEXT_GRAPH]["nonfinite"]
+        nonfinite = sum(b["parity"]["end_to_end"]["nonfinite"] + b["parity"][TEXT_GRAPH]["nonfinite"]
                         for b in case["batches"].values())
+        self_check_failed = (case.get("self_check") or {}).get("passed") is False
         batch = min(case["batches"], key=int)
         latency = case["batches"][batch]["latency"]
         candidates.append({"label": label, "backend": case["backend"], "precision": case["precision"],
                            "batch": int(batch), "end_to_end_p50_ms": latency["end_to_end"]["p50_ms"],
                            "image_p50_ms": latency[IMAGE_GRAPH]["p50_ms"], "worst_agreement": worst, "gate": gate,
-                           "passed": worst is not None and worst >= gate and not nonfinite})
+                           "nonfinite": nonfinite, "self_check_failed": self_check_failed,
+                           "passed": worst is not None and worst >= gate and not nonfinite and not self_check_failed})
     if not candidates:
         return None
     batch = min(c["batch"] for c in candidates)
@@ -127,7 +129,19 @@ def recommendation(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"basis": f"fastest CPU case by end-to-end p50 at batch {batch} whose worst mask agreement passes its "
                      f"gate at every batch", "batch": batch, "best": best,
             "ranking": [{k: c[k] for k in ("label", "end_to_end_p50_ms", "image_p50_ms", "worst_agreement", "gate",
-                                           "passed")} for c in ranked]}
+                                           "nonfinite", "self_check_failed", "passed")} for c in ranked]}
+
+
+def failing_figure(candidate: dict[str, Any]) -> str:
+    """Why a ranked CPU case fails its gate, with the figure: 'worst agreement 0.0000 < 0.99, 614056 NaN/Inf'."""
+    parts = [f"worst agreement {_f(candidate.get('worst_agreement'), 4)} < {candidate.get('gate')}"
+             if candidate.get("worst_agreement") is None or candidate["worst_agreement"] < candidate["gate"]
+             else f"worst agreement {_f(candidate['worst_agreement'], 4)}"]
+    if candidate.get("nonfinite"):
+        parts.append(f"{candidate['nonfinite']} NaN/Inf")
+    if candidate.get("self_check_failed"):
+        parts.append("self-check failed")
+    return ", ".join(parts)
 
 
 def _recommendation_lines(results: dict[str, Any]) -> list[str]:
@@ -137,13 +151,14 @@ def _recommendation_lines(results: dict[str, Any]) -> list[str]:
     best = rec["best"]
     if best is None:
         return [f"- **No CPU backend passed its agreement gate** (batch {rec['batch']}): "
-                + ", ".join(f"{c['label']} {_f(c['worst_agreement'], 4)} < {c['gate']}" for c in rec["ranking"]) + "."]
+                + ", ".join(f"{c['label']} {failing_figure(c)}" for c in rec["ranking"]) + "."]
 
     def ratio(which: str) -> str:
         r = best.get(which)
         return f"{r['end_to_end']:.3f} end to end, {r['image_graph']:.3f} image graph" if r else "not run"
 
-    others = ", ".join(f"{c['label']} {c['end_to_end_p50_ms']:.1f} ms{'' if c['passed'] else ' (fails its gate)'}"
+    others = ", ".join(f"{c['label']} {c['end_to_end_p50_ms']:.1f} ms"
+                       f"{'' if c['passed'] else ' (FAILS its gate: ' + failing_figure(c) + ')'}"
                        for c in rec["ranking"] if c["label"] != best["label"])
     return [f"- **Recommended on this CPU: {best['backend']} {best['precision'].upper()}** - end to end "
             f"{best['end_to_end_p50_ms']:.1f} ms p50 at batch {best['batch']} (image graph {best['image_p50_ms']:.1f} "
@@ -152,9 +167,20 @@ def _recommendation_lines(results: dict[str, Any]) -> list[str]:
             f"- Other CPU cases, end to end p50: {others or 'none'}."]
 
 
+def _failing_lines(results: dict[str, Any]) -> list[str]:
+    """Every case that fails here, with its figure, and every case that failed to load or run: shown in
+    the headline, never only further down (a backend that fails on this CPU is not dropped)."""
+    by_case = results.get("gates", {}).get("by_case", {})
+    lines = [f"- **{label} fails on this machine:** {'; '.join(reasons)}." for label, reasons in by_case.items()]
+    lines += [f"- **{s['backend']}-{s['precision']} did not run here:** {s['reason']}." for s in results["skipped"]
+              if str(s.get("reason", "")).startswith("failed to load or run")]
+    return lines
+
+
 def _headline(results: dict[str, Any]) -> list[str]:
-    """The recommended CPU backend, and ORT FP32 / PyTorch FP32 latency, the number the project is judged by."""
-    lines = _recommendation_lines(results)
+    """The recommended CPU backend, what fails here (with its figures), and ORT FP32 / PyTorch FP32
+    latency, the number the project is judged by."""
+    lines = _recommendation_lines(results) + _failing_lines(results)
     ort = results["cases"].get("ort-fp32")
     if not ort:
         return lines + ["- ONNX Runtime FP32 was not run, so there is no ORT / PyTorch ratio."]
@@ -187,6 +213,29 @@ def _cpu_settings_lines(results: dict[str, Any]) -> list[str]:
     return lines or ["- No case with runtime settings to report (ONNX Runtime, OpenVINO) ran."]
 
 
+def _self_check_lines(results: dict[str, Any]) -> list[str]:
+    """What each reduced-precision case's self-check did (runtime/self_check.py): ran or not, cached,
+    its figure against the FP32 graphs of the same backend, and what it cost."""
+    rows = []
+    for label, case in results["cases"].items():
+        check = case.get("self_check")
+        if not check:
+            continue
+        figure = check.get("figure") or {}
+        worst = figure.get("worst_agreement")
+        cost = (f"{check['seconds'] * 1000:.0f} ms (cached; computing it took {check.get('check_seconds') or 0:.1f} s)"
+                if check.get("cached") else f"{check.get('seconds', 0):.1f} s" if check.get("ran") else "-")
+        rows.append(f"| {label} | {check['state']} | {'yes' if check.get('cached') else 'no'} | "
+                    f"{check.get('reference') or '-'} | {_f(worst, 4)} | {figure.get('gate', '-')} | "
+                    f"{figure.get('nonfinite', '-')} | {cost} | {check.get('host') or check.get('reason') or '-'} |")
+    if not rows:
+        return ["No reduced-precision case that checks itself ran (or every one ran with --no-self-check)."]
+    return ["The first run of a reduced precision on a machine is compared with the FP32 graphs of the same "
+            "backend on the built-in check sample; the verdict is cached beside the compiled model.", "",
+            "| case | self-check | cached | against | worst agreement | gate | NaN/Inf | cost here | machine |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"] + rows
+
+
 def render_report(results: dict[str, Any]) -> str:
     m, s = results["machine"], results["settings"]
     lines = [f"# lga-bench report ({results['created']})", "",
@@ -211,6 +260,7 @@ def render_report(results: dict[str, Any]) -> str:
     lines += ["", "End to end (tokenise, preprocess, both graphs, upsample) against the sum of the two graphs:", ""]
     lines += _overhead_lines(results)
     lines += ["", "## CPU runtime settings", ""] + _cpu_settings_lines(results)
+    lines += ["", "## Self-checks of reduced precision on this machine", ""] + _self_check_lines(results)
     lines += ["", "## Parity against the reference", "",
               "Agreement = per-sample Dice between this backend's mask and the reference's (threshold 0 on the "
               "256x256 logits); Dice / mIoU vs GT use the upsampled masks against the labels.", ""]

@@ -10,6 +10,11 @@ A runner class also declares what the rest of the code would otherwise guess fro
 precisions, default device, the sources it opens, the INT8 graph it runs, how it takes a thread
 count and why it cannot run here; `description()` reports what an instance really runs on as
 typed fields.
+
+Reduced precision verifies itself where it runs (`runtime/self_check.py`): a class lists the
+precisions that do in `self_checked` and says what a verdict depends on (`self_check_identity`)
+and where verdicts are cached (`self_check_root`); the runner factory attaches the check, and
+`activate` runs it (a cached verdict is read before anything is compiled).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class RunnerDescription:
     threads: int | None = None
     fallback: str | None = None
     settings: str | None = None
+    self_check: dict[str, Any] | None = None  # SelfCheck.to_dict(): whether it ran, its figure, whether cached
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +88,8 @@ class Runner(abc.ABC):
     int8_graph: ClassVar[str] = ""
     int8_methods: ClassVar[tuple[str, ...]] = ()
     thread_option: ClassVar[str | None] = None  # the `from_source` keyword taking a thread count (None: none)
+    # Reduced precisions whose first run on a machine is checked against the FP32 graphs (self_check.py).
+    self_checked: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def stored_precision(cls, precision: str) -> str:
@@ -125,6 +133,9 @@ class Runner(abc.ABC):
         self.active = False
         self.tokenizer_dir: Path | None = None  # the artefact's tokenizer folder (tokenizer.json)
         self._model_digest: str | None = None
+        self.self_check: Any = None  # self_check.SelfCheck once checked (or skipped); None: not checked
+        self.requested_precision: str | None = None  # set on the FP32 runner a failed self-check fell back to
+        self._self_check_plan: Any = None  # attached by the factory (self_check.attach)
 
     @abc.abstractmethod
     def activate_impl(self) -> None:
@@ -139,8 +150,17 @@ class Runner(abc.ABC):
 
     def activate(self) -> "Runner":
         if not self.active:
+            plan = self._self_check_plan
+            if plan is not None:
+                plan.before(self)  # a cached verdict; a cached failure refuses before anything is compiled
             self.activate_impl()
             self.active = True
+            if plan is not None:
+                try:
+                    plan.after(self)  # the check when no verdict was cached
+                except BaseException:
+                    self.deactivate()
+                    raise
         return self
 
     def deactivate(self) -> None:
@@ -182,14 +202,43 @@ class Runner(abc.ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends); latency timers call it."""
 
+    def self_check_identity(self) -> dict[str, Any] | None:
+        """What this runner's self-check verdict depends on besides the check: the graphs' sha256 at
+        its precision and of the FP32 reference, the model digest, the runtime's version and the
+        settings that change what is built, and `host` (CPU model and flags, or GPU name and
+        compute capability). None: nothing to check (it does not compute in this precision here)."""
+        return None
+
+    def self_check_root(self) -> Path | None:
+        """The folder self-check verdicts are cached in, beside the compiled models (None: not cached)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What this runner really runs on, with every backend-specific detail (results.json)."""
-        return {"backend": self.backend, "precision": self.precision}
+        info: dict[str, Any] = {"backend": self.backend, "precision": self.precision}
+        if self.self_check is not None:
+            info["self_check"] = self.self_check.to_dict()
+        if self.requested_precision is not None:
+            info["requested_precision"] = self.requested_precision
+        return info
 
     def description(self) -> RunnerDescription:
-        """The typed fields every backend reports (override: what really runs)."""
-        return RunnerDescription(self.backend, self.precision, self.precision, self.default_device,
-                                 on_cpu=self.default_device == "cpu")
+        """The typed fields every backend reports (override: what really runs, through `with_self_check`)."""
+        return self.with_self_check(RunnerDescription(self.backend, self.precision, self.precision,
+                                                      self.default_device, on_cpu=self.default_device == "cpu"))
+
+    def with_self_check(self, description: RunnerDescription) -> RunnerDescription:
+        """`description` with the self-check's outcome, and on the FP32 runner a failed check fell
+        back to: the precision asked for, fp32 in use and why."""
+        from dataclasses import replace
+
+        if self.self_check is None:
+            return description
+        changes: dict[str, Any] = {"self_check": self.self_check.to_dict()}
+        if self.requested_precision is not None and self.self_check.fallback:
+            reasons = [r for r in (self.self_check.fallback, description.fallback) if r]
+            changes.update(precision=self.requested_precision, precision_in_use="fp32", fallback="; ".join(reasons))
+        return replace(description, **changes)
 
     @property
     def label(self) -> str:

@@ -141,3 +141,25 @@ def cpu_identity() -> tuple[str, list[str]]:
         pass
     flags = sorted(f for f in found.get("flags", "").split() if f.startswith(("avx", "amx", "fma", "f16c")))
     return found.get("model name") or platform.processor() or platform.machine(), flags
+
+
+def gpu_identity(index: int = 0) -> dict[str, str | None]:
+    """{'gpu': name, 'compute_capability': 'major.minor'} of CUDA device `index`, from torch when it
+    is installed, else from nvidia-smi (the lean GPU install has no torch); 'unknown' when neither answers."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(index)
+            return {"gpu": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # noqa: BLE001 - no torch, or a broken CUDA: ask the driver
+        pass
+    import subprocess
+
+    try:
+        line = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20, check=True).stdout.strip().splitlines()[0]
+        name, _, capability = line.rpartition(",")
+        return {"gpu": name.strip(), "compute_capability": capability.strip()}
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return {"gpu": f"unknown CUDA device {index}", "compute_capability": None}

@@ -103,6 +103,7 @@ class OpenVinoRunner(Runner):
     int8_graph = "an OpenVINO IR"
     int8_methods = ("ov",)
     thread_option = "threads"  # INFERENCE_NUM_THREADS
+    self_checked = ("bf16", "int8")  # checked against ov-fp32 on first use per machine (self_check.py)
 
     @classmethod
     def stored_precision(cls, precision: str) -> str:
@@ -147,6 +148,7 @@ class OpenVinoRunner(Runner):
         self.cache_rebuilt: dict[str, str] = {}  # graph -> why a cache folder of it was discarded and rebuilt
         self.bf16: dict[str, Any] | None = None
         self.fallback: str | None = None
+        self.reference_digests: dict[str, str] = {}  # graph -> sha256 of the export's FP32 graph (self-check key)
 
     @classmethod
     def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
@@ -175,7 +177,28 @@ class OpenVinoRunner(Runner):
         runner = cls(artifact.config, graphs, precision, tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests,
                      **options)
         runner._model_digest = artifact.model_digest
+        runner.reference_digests = {name: artifact.graph_digest(name, "fp32") for name in names}
         return runner
+
+    def self_check_identity(self) -> dict[str, Any] | None:
+        """The graphs (at this precision and the FP32 reference), OpenVINO's version, the device and
+        the compile properties that change the numbers (precision and performance hints; not the
+        thread count), and the CPU. None for bf16 on a CPU without native BF16: it runs FP32."""
+        if self.precision == "bf16" and not cpu_bf16_support()["supported"]:
+            return None
+        model, flags = cpu_identity()
+        config = self.compile_config()
+        return {"model_digest": self.model_digest, "graphs": dict(sorted(self.graph_digests.items())),
+                "reference_graphs": dict(sorted(self.reference_digests.items())),
+                "runtime": f"openvino {openvino().get_version()}", "device": self.device,
+                "settings": {k: str(v) for k, v in sorted(config.items()) if k != "INFERENCE_NUM_THREADS"},
+                "host": {"cpu": model, "cpu_flags": flags}}
+
+    def self_check_root(self) -> Path | None:
+        """Beside the compiled models: the runner's compile-cache folder (None without one)."""
+        if self.cache_dir is False:
+            return None
+        return ensure_cache_dir(Path(self.cache_dir) if self.cache_dir else cache_root("openvino"))
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -372,9 +395,9 @@ class OpenVinoRunner(Runner):
 
     def description(self) -> RunnerDescription:
         in_use = "fp32" if self.fallback else self.precision
-        return RunnerDescription(self.backend, self.precision, in_use, self.device.lower(), on_cpu=True,
-                                 providers=self.providers_in_use(), threads=self.threads, fallback=self.fallback,
-                                 settings=self.settings_line())
+        return self.with_self_check(RunnerDescription(
+            self.backend, self.precision, in_use, self.device.lower(), on_cpu=True, providers=self.providers_in_use(),
+            threads=self.threads, fallback=self.fallback, settings=self.settings_line()))
 
     def settings_line(self) -> str:
         """What OpenVINO was asked and really used (precision, layers, BF16, compile), for lga-bench's report."""

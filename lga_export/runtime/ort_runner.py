@@ -120,6 +120,7 @@ class OnnxRuntimeRunner(Runner):
     int8_graph = "ONNX Runtime's"
     int8_methods = ("dynamic", "static")
     thread_option = "threads"
+    self_checked = ("fp16", "int8")  # checked against ort-fp32 on first use per machine (self_check.py)
 
     def __init__(self, config: LGAConfig, graphs: dict[str, Path], precision: str = "fp32", *,
                  providers: list[str] | None = None, threads: int | None = None, low_memory: bool = False,
@@ -146,6 +147,7 @@ class OnnxRuntimeRunner(Runner):
         self.sessions: dict[str, Any] = {}
         self.startup: dict[str, dict[str, Any]] = {}
         self.cache_rebuilt: dict[str, str] = {}  # graph -> why its cache entry was discarded and rebuilt
+        self.reference_digests: dict[str, str] = {}  # graph -> sha256 of the export's FP32 graph (self-check key)
 
     @classmethod
     def from_source(cls, source: Any, *, precision: str = "fp32", device: str = "cpu",
@@ -168,7 +170,30 @@ class OnnxRuntimeRunner(Runner):
         runner = cls(artifact.config, graphs, precision, providers=providers,
                      tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests, **options)
         runner._model_digest = artifact.model_digest
+        runner.reference_digests = {name: artifact.graph_digest(name, "fp32") for name in graphs}
         return runner
+
+    def self_check_identity(self) -> dict[str, Any] | None:
+        """The graphs (at this precision and the FP32 reference), ONNX Runtime's version, the
+        providers and optimisation level, and the machine: the CPU, or the GPU of a CUDA provider."""
+        from lga_export.runtime.host import gpu_identity
+
+        cuda = [p for p in self.requested if not isinstance(p, str) and p[0] == CUDA]
+        if cuda:
+            host = gpu_identity(int(cuda[0][1].get("device_id", 0)))
+        else:
+            model, flags = cpu_identity()
+            host = {"cpu": model, "cpu_flags": flags}
+        return {"model_digest": self.model_digest, "graphs": dict(sorted(self.graph_digests.items())),
+                "reference_graphs": dict(sorted(self.reference_digests.items())),
+                "runtime": f"onnxruntime {onnxruntime().__version__}", "providers": list(self.requested),
+                "settings": {"optimization": self.optimization}, "host": host}
+
+    def self_check_root(self) -> Path | None:
+        """Beside the optimised graphs: the runner's cache folder (None without one)."""
+        if self.cache_dir is False:
+            return None
+        return ensure_cache_dir(Path(self.cache_dir) if self.cache_dir else cache_root("onnxruntime"))
 
     @classmethod
     def unavailable(cls, precision: str, device: str) -> str | None:
@@ -360,8 +385,9 @@ class OnnxRuntimeRunner(Runner):
     def description(self) -> RunnerDescription:
         used = self.providers_in_use()
         on_cpu = bool(used) and all(providers == ["CPUExecutionProvider"] for providers in used.values())
-        return RunnerDescription(self.backend, self.precision, self.precision, "cpu" if on_cpu else "cuda",
-                                 on_cpu=on_cpu, providers=used, threads=self.threads, settings=self.settings_line())
+        return self.with_self_check(RunnerDescription(self.backend, self.precision, self.precision,
+                                                      "cpu" if on_cpu else "cuda", on_cpu=on_cpu, providers=used,
+                                                      threads=self.threads, settings=self.settings_line()))
 
     def settings_line(self) -> str:
         """The session options and start-up this runner really used, for lga-bench's report."""

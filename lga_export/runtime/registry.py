@@ -182,14 +182,29 @@ def resolve(backend: str | None, source: Any = None, precision: str = "fp32", de
 
 
 def open_runner(backend: str | None, source: Any = None, precision: str = "fp32", device: str | None = None, *,
-                model_digest: str | None = None, activate: bool = True, **options: Any) -> Runner:
+                model_digest: str | None = None, activate: bool = True, self_check: str = "refuse",
+                **options: Any) -> Runner:
     """An (activated) runner of `backend` over `source`: a model, a checkpoint path, an export
     folder (or ExportArtifact), an engine folder, or None for the embedded default model.
 
     `model_digest`: refuse an artefact of another model (the caller holds the model). Without a
     backend, INT8 runs on the backend the export's INT8 graph was made for (ov for `--int8 ov`).
+
+    `self_check`: what the first run of a reduced precision on this machine does when the class
+    declares it self-checked (`runtime/self_check.py`): 'refuse' (the default: the caller asked for
+    this precision; a failure is ValidationFailed), 'fallback' (the FP32 runner of the same source
+    comes back instead, saying so; needs activate=True, else a failure refuses), 'record' (lga-bench:
+    recorded, the runner kept) or 'off' (--no-self-check). The check runs when the runner activates.
     """
+    from lga_export.runtime import self_check as checks
+
     chosen = resolve(backend, source, precision, device, model_digest)
-    runner = runner_class(chosen.backend).from_source(chosen.source, precision=precision, device=chosen.device,
-                                                      model_digest=chosen.model_digest, **options)
-    return runner.activate() if activate else runner
+    cls = runner_class(chosen.backend)
+    runner = cls.from_source(chosen.source, precision=precision, device=chosen.device,
+                             model_digest=chosen.model_digest, **options)
+
+    def reference() -> Runner:  # the FP32 graphs of the same source, opened the same way (already verified)
+        return cls.from_source(chosen.source, precision="fp32", device=chosen.device, **options)
+
+    checks.attach(runner, self_check, reference)
+    return checks.open_checked(runner, activate)

@@ -156,9 +156,10 @@ class TorchRunner(Runner):
         import torch
 
         where = [f"torch-{'compile' if self.compile else 'eager'}:{self.device}"]
-        return RunnerDescription(self.backend, self.precision, self.precision, str(self.device),
-                                 on_cpu=self.device.type == "cpu", providers={g: where for g in self.specs},
-                                 threads=torch.get_num_threads())
+        return self.with_self_check(RunnerDescription(self.backend, self.precision, self.precision, str(self.device),
+                                                      on_cpu=self.device.type == "cpu",
+                                                      providers={g: where for g in self.specs},
+                                                      threads=torch.get_num_threads()))
 
 
 class CompiledTorchRunner(TorchRunner):

@@ -91,6 +91,7 @@ class ServeSettings:
     max_request_mb: float = 20.0
     max_megapixels: float = 25.0
     threads: int | None = None  # CPU threads per replica, for backends that take a count (None: their default)
+    self_check: str = "refuse"  # a reduced precision's first run here: refuse, fallback (to FP32) or off
     body_timeout_s: float = 30.0  # a request body must arrive within this (408 after)
     max_uploads: int = 8  # bodies still arriving after UPLOAD_GRACE_S, per replica (503 beyond)
     api_key_sha256: str | None = None  # None: no authentication; never the key itself
@@ -324,7 +325,8 @@ class LGADeployment:
         keep_uploads_out_of_logs()
         self.settings = ServeSettings(**settings)
         s = self.settings
-        self.runner = open_runner(s.backend, s.model, s.precision, s.device, **thread_options(s.backend, s.threads))
+        self.runner = open_runner(s.backend, s.model, s.precision, s.device, self_check=s.self_check,
+                                  **thread_options(s.backend, s.threads))
         self.segmenter = Segmenter(self.runner)
         self.identity = model_identity(self.runner, s.model)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="lga-infer")
@@ -485,7 +487,7 @@ class LGAHealth:
 
 # --- the driver: check, deploy, announce, wait for a signal, shut down ---
 
-def resolve_settings(settings: ServeSettings, scaling: Scaling) -> ServeSettings:
+def resolve_settings(settings: ServeSettings, scaling: Scaling, local: bool = True) -> ServeSettings:
     """Backend and device made explicit, the model path absolute, and the artefact verified here,
     so a wrong --model fails in one line before any replica starts."""
     from lga_export.serve.cluster import check_source
@@ -508,7 +510,9 @@ def resolve_settings(settings: ServeSettings, scaling: Scaling) -> ServeSettings
     if scaling.gpus_per_replica < 0 or scaling.cpus_per_replica <= 0:
         raise LGAError("--cpus-per-replica must be positive and --gpus-per-replica not negative")
     device = settings.device or ("cuda" if scaling.gpus_per_replica > 0 else None)
-    backend, device = check_source(settings.backend, model, settings.precision, device)
+    # `local`: a reduced precision checks itself here once before the replicas start (they read the verdict)
+    backend, device = check_source(settings.backend, model, settings.precision, device,
+                                   self_check=settings.self_check if local else None)
     if device.startswith("cuda") and scaling.gpus_per_replica == 0:
         raise LGAError(f"{backend} on {device} needs a GPU per replica: add --gpus-per-replica 1 "
                        f"(or 0.5 to put two replicas on one GPU)")
@@ -639,7 +643,7 @@ def serve_forever(settings: ServeSettings, scaling: Scaling, host: str = "127.0.
     check_exposure(host, api_key is not None, allow_no_auth)
     if proxy_location not in PROXY_LOCATIONS:
         raise LGAError(f"--proxy-location {proxy_location!r}: give {' or '.join(PROXY_LOCATIONS)}")
-    settings = dataclasses.replace(resolve_settings(settings, scaling),
+    settings = dataclasses.replace(resolve_settings(settings, scaling, local=not address),
                                    api_key_sha256=key_digest(api_key) if api_key is not None else None)
     options = deployment_options(settings, scaling)
     check_port(host, port)

@@ -25,11 +25,11 @@ class ChunkSegmenter:
     """A Ray Data actor: one runner from the factory; one row in = one predict chunk."""
 
     def __init__(self, backend: str, source: str | None, precision: str, device: str, threshold: float,
-                 options: dict[str, Any]) -> None:
+                 options: dict[str, Any], self_check: str = "refuse") -> None:
         from lga_export.runtime.pipeline import Segmenter
         from lga_export.runtime.registry import open_runner
 
-        self.runner = open_runner(backend, source, precision, device, **options)
+        self.runner = open_runner(backend, source, precision, device, self_check=self_check, **options)
         self.segmenter = Segmenter(self.runner)
         self.threshold = threshold
 
@@ -65,7 +65,7 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
                       out: Path = Path("runs/predict"), threshold: float = 0.0, force: bool = False,
                       batch_size: int = 4, backend: str | None = None, precision: str = "fp32",
                       device: str | None = None, progress: bool = False, workers: int = 2, address: str | None = None,
-                      num_cpus: int | None = None) -> list[Path]:
+                      num_cpus: int | None = None, self_check: str = "refuse") -> list[Path]:
     """`predict_files` on Ray Data: same checks, same files, same masks, all or nothing.
 
     `workers` runner actors (each reserving an equal share of the cluster's CPUs, or one GPU per
@@ -86,7 +86,9 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
     check_out(out, images)
     jobs = collect_jobs(image, text, images, text_file)
     source = _source(model_ref)
-    backend, device = check_source(backend, source, precision, device)
+    # A reduced precision checks itself once on this machine before the actors start (they then read the
+    # verdict); on a cluster each actor's machine checks itself when its runner opens.
+    backend, device = check_source(backend, source, precision, device, self_check=self_check if not address else None)
     names = [name for path, _ in jobs for name in output_names(path)]
     from lga_export.fileio import atomic_files
 
@@ -111,7 +113,7 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
                 compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
                 num_cpus=cpus, num_gpus=1 if gpu else 0,
                 fn_constructor_kwargs={"backend": backend, "source": source, "precision": precision, "device": device,
-                                       "threshold": threshold, "options": options})
+                                       "threshold": threshold, "options": options, "self_check": self_check})
             done: set[int] = set()
             try:
                 with tqdm(total=len(jobs), desc="predict (ray)", unit="image", disable=not progress) as bar:

@@ -160,15 +160,22 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def check_source(backend: str | None, source: str | None, precision: str,
-                 device: str | None) -> tuple[str, str]:
+                 device: str | None, self_check: str | None = None) -> tuple[str, str]:
     """(backend, device) for `source`, picked by the registry's one rule (`resolve`, as
     `open_runner` picks them: aliases, the INT8 graph's backend, the backend's device), with the
     source verified here by the backend's own check, before any Ray worker opens it, so a wrong
-    --model fails in one line instead of in every replica or actor."""
-    from lga_export.runtime.registry import resolve, runner_class
+    --model fails in one line instead of in every replica or actor.
+
+    `self_check` (a mode of `open_runner`; None: not here): a reduced precision that checks itself
+    is checked once here, on the driver, before the workers start, so a refusal is one line and
+    the workers of this machine read the cached verdict instead of all computing it at once."""
+    from lga_export.runtime.registry import open_runner, resolve, runner_class
 
     chosen = resolve(backend, source, precision, device)
-    runner_class(chosen.backend).verify_source(chosen.source, precision, chosen.device)
+    cls = runner_class(chosen.backend)
+    cls.verify_source(chosen.source, precision, chosen.device)
+    if self_check not in (None, "off") and precision in cls.self_checked:
+        open_runner(chosen.backend, chosen.source, precision, chosen.device, self_check=self_check).deactivate()
     return chosen.backend, chosen.device
 
 
