@@ -57,16 +57,23 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 def _sigterm_after_start(ray: Any) -> Iterator[None]:
     """Hold a SIGTERM that arrives while Ray starts until it has started, then shut Ray down and
     raise KeyboardInterrupt (exit 130). Ray's own handler, an exit(15) raised anywhere inside
-    ray.init, was seen to leave a half-started Ray and a driver that never returned."""
+    ray.init, was seen to leave a half-started Ray and a driver that never returned; and the
+    driver's core worker is started without Ray's native failure-signal handler, which printed a
+    stack dump for every SIGTERM (the driver is a Python program: faults show as Python's)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    from ray._private import ray_constants
+
     received: list[int] = []
     utils = ray._private.utils
     install = getattr(utils, "set_sigterm_handler", None)
+    dump = getattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     if install is not None:
         utils.set_sigterm_handler = lambda handler: None
+    if dump is not None:  # the core worker's native handler would print a stack dump for a SIGTERM
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     try:
         yield
     except SystemExit as exc:  # a Ray without that hook installed its handler, and it fired
@@ -76,6 +83,8 @@ def _sigterm_after_start(ray: Any) -> Iterator[None]:
     finally:
         if install is not None:
             utils.set_sigterm_handler = install
+        if dump is not None:
+            ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = dump
         signal.signal(signal.SIGTERM, previous)
     if received:
         ray.shutdown()
