@@ -87,7 +87,7 @@ def _mismatch_hint(path: Path, state: dict[str, torch.Tensor], config: LGAConfig
     return ""
 
 
-def _check_state(path: Path, found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str,
+def check_state(path: Path, found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str,
                  hint: str = "", unexpected: list[str] | None = None) -> None:
     """One error naming the file and the first missing/unexpected keys or the first shape mismatch."""
     missing = sorted(expected.keys() - found.keys())
@@ -120,7 +120,7 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path) -> SamLoadReport:
             unexpected.append(key)
     expected = {k for k in ours if k.startswith(_SAM_PARTS + (_OUR_PE,))}
     hint = _mismatch_hint(path, state, model.config)
-    _check_state(path, mapped, {k: ours[k] for k in expected}, f"SAM {model.config.preset}", hint, unexpected)
+    check_state(path, mapped, {k: ours[k] for k in expected}, f"SAM {model.config.preset}", hint, unexpected)
     model.load_state_dict(mapped, strict=False)
     return SamLoadReport(loaded=len(mapped), ignored=tuple(ignored))
 
@@ -199,6 +199,6 @@ def load_lga_checkpoint(path: str | Path, *, config: LGAConfig | None = None,
         state = load_file(str(path))
     except Exception as exc:
         raise LGAError(f"{path}: weights unreadable, truncated or corrupt ({exc})") from exc
-    _check_state(path, state, _stored_state(model), f"its {config.preset} config")
+    check_state(path, state, _stored_state(model), f"its {config.preset} config")
     model.load_state_dict(state, strict=False)
     return model

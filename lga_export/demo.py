@@ -104,7 +104,7 @@ def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = pri
     log(render_summary(model_summary(model)))
     with atomic_dir(out, force=force) as tmp:
         manifest = export_onnx(model, tmp / "onnx", fp16=True, int8=True, validation_batch=3, log=log,
-                               drop_failing_int8=True)
+                               drop_failing_reduced=True)
         log(render_validation(manifest["validation"]))
         samples, source = validation_samples(4)
         with open_runner("ort", tmp / "onnx", model_digest=manifest["model_digest"]) as runner:

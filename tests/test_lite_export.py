@@ -36,7 +36,7 @@ def lite_export(tmp_path_factory, lite_model, data_root):
 
     out = tmp_path_factory.mktemp("lite") / "onnx"
     manifest = export_onnx(lite_model, out, fp16=True, validation_batch=2, data_root=data_root, log=lambda _: None,
-                           drop_failing_int8=True)
+                           drop_failing_reduced=True)
     return out, manifest
 
 

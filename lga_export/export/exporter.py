@@ -39,12 +39,12 @@ def _entry(files: list[Path]) -> dict[str, Any]:
 def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | str = False,
                 opset: int = DEFAULT_OPSET, force: bool = False, validate: bool = True, validation_batch: int = 3,
                 data_root: Path | None = None, calibration_samples: int = CALIBRATION_SAMPLES,
-                log: Callable[[str], None] = print, drop_failing_int8: bool = False) -> dict[str, Any]:
+                log: Callable[[str], None] = print, drop_failing_reduced: bool = False) -> dict[str, Any]:
     """Write the export folder atomically; raise ValidationFailed (nothing written) on a failed check.
 
     `int8`: False, True (the default method), 'dynamic', 'static' or 'ov' (both calibrated on
     `calibration_samples` training images of `data_root`; see export/quantize.py).
-    `drop_failing_int8`: when FP32 passes, leave every reduced-precision graph set that fails (INT8,
+    `drop_failing_reduced`: when FP32 passes, leave every reduced-precision graph set that fails (INT8,
     FP16) out of the folder and record why (`validation["dropped"]`) instead of failing the export
     (the demo: such a graph is a deployment path that fails on this model, shown, not fatal)."""
     int8_kind = int8_method(int8, calibration_samples)
@@ -87,7 +87,7 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
             log(f"validating against PyTorch at batch {validation_batch} ...")
             graphs = {precision: {name: paths[0] for name, paths in by_graph.items()} for precision, by_graph in files.items()}
             validation = validate_export(model, graphs, tmp / TOKENIZER_DIR, validation_batch, data_root)
-            if drop_failing_int8 and validation["results"]["fp32"]["passed"]:
+            if drop_failing_reduced and validation["results"]["fp32"]["passed"]:
                 _drop_failing_reduced(validation, files, log)
             if not validation["passed"]:
                 raise ValidationFailed("export failed validation, nothing written: " + " | ".join(failure_lines(validation)))
@@ -117,7 +117,7 @@ def _drop_failing_reduced(validation: dict[str, Any], files: dict[str, dict[str,
                           log: Callable[[str], None]) -> None:
     """Leave out every reduced-precision graph set that failed validation (FP32 passed), deleting
     only its own files (an INT8 set shares the FP32 text graph), and record why."""
-    kept = {path for path in files["fp32"].values() for path in path}
+    kept = {path for paths in files["fp32"].values() for path in paths}
     for precision, result in list(validation["results"].items()):
         if precision == "fp32" or result["passed"]:
             continue

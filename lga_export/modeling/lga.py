@@ -32,24 +32,13 @@ class LGA(nn.Module):
             qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True,
             window_size=c.window_size, global_attn_indexes=tuple(c.global_attn_indexes),
         )
-        if c.text_source == "learnable_query":
-            self.text_encoder: nn.Module = LearnableQuery(c.embed_dim)
-        else:
-            if text_backbone is None:
-                raise ValueError("text_source='report' needs a text backbone")
-            self.text_encoder = TextEncoder(text_backbone, c.embed_dim)
+        self.text_encoder = text_branch(c, text_backbone)
         self.ffm_blocks = tuple(c.ffm_block_indexes)
         ffm = partial(FeatureFusionModule, c.embed_dim, attn_ratio=c.attn_ratio,
                       mlp_reduction=c.mlp_reduction, text_mlp=c.text_mlp, vit_mlp=c.vit_mlp)
         self.ffms = nn.ModuleList([ffm() for _ in self.ffm_blocks] + [ffm(text_half=False)])
         self.dense_pe = PositionEmbeddingRandom(c.prompt_embed_dim // 2)
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=c.prompt_embed_dim,
-            transformer=TwoWayTransformer(depth=c.decoder_depth, embedding_dim=c.prompt_embed_dim,
-                                          mlp_dim=c.decoder_mlp_dim, num_heads=c.decoder_heads),
-            num_multimask_outputs=c.num_multimask_outputs,
-            iou_head_depth=3, iou_head_hidden_dim=c.iou_head_hidden_dim,
-        )
+        self.mask_decoder = sam_mask_decoder(c)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """BxS token ids and mask -> text embedding Bx1xC (paper's L0, projected to the ViT width)."""
@@ -86,6 +75,26 @@ class LGA(nn.Module):
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.forward_image(image, self.encode_text(input_ids, attention_mask))
+
+
+def text_branch(config: LGAConfig, text_backbone: nn.Module | None) -> nn.Module:
+    """The text side at the first FFM's width: a learned query (paper Table 2) or the report through
+    the text backbone, mean-pooled and projected."""
+    if config.text_source == "learnable_query":
+        return LearnableQuery(config.text_dim)
+    if text_backbone is None:
+        raise ValueError("text_source='report' needs a text backbone")
+    return TextEncoder(text_backbone, config.text_dim)
+
+
+def sam_mask_decoder(config: LGAConfig) -> MaskDecoder:
+    """SAM's mask decoder (segment-anything's module) with the config's widths."""
+    return MaskDecoder(
+        transformer_dim=config.prompt_embed_dim,
+        transformer=TwoWayTransformer(depth=config.decoder_depth, embedding_dim=config.prompt_embed_dim,
+                                      mlp_dim=config.decoder_mlp_dim, num_heads=config.decoder_heads),
+        num_multimask_outputs=config.num_multimask_outputs, iou_head_depth=3,
+        iou_head_hidden_dim=config.iou_head_hidden_dim)
 
 
 def decode_without_prompts(decoder: MaskDecoder, dense_pe: PositionEmbeddingRandom, image_embedding: torch.Tensor,

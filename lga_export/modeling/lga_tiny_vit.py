@@ -22,14 +22,12 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
 from lga_export.config import LGAConfig
 from lga_export.modeling.ffm import FeatureFusionModule
-from lga_export.modeling.lga import decode_without_prompts
-from lga_export.modeling.text_encoder import LearnableQuery, TextEncoder
+from lga_export.modeling.lga import decode_without_prompts, sam_mask_decoder, text_branch
 
 
 def tiny_vit_encoder(config: LGAConfig) -> nn.Module:
@@ -67,12 +65,7 @@ class LGATinyViT(nn.Module):
         super().__init__()
         self.config = c = config
         self.image_encoder = tiny_vit_encoder(c)
-        if c.text_source == "learnable_query":
-            self.text_encoder: nn.Module = LearnableQuery(c.text_dim)
-        else:
-            if text_backbone is None:
-                raise ValueError("text_source='report' needs a text backbone")
-            self.text_encoder = TextEncoder(text_backbone, c.text_dim)
+        self.text_encoder = text_branch(c, text_backbone)
         self.ffm_stages = tuple(c.ffm_stage_indexes)
         widths = c.fusion_widths
         ffm = partial(FeatureFusionModule, attn_ratio=c.attn_ratio, mlp_reduction=c.mlp_reduction,
@@ -87,12 +80,7 @@ class LGATinyViT(nn.Module):
                                          for a, b in zip(widths[:-1], widths[1:])])
         self.dense_pe = PositionEmbeddingRandom(c.prompt_embed_dim // 2)
         self.no_mask_embed = nn.Embedding(1, c.prompt_embed_dim)
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=c.prompt_embed_dim,
-            transformer=TwoWayTransformer(depth=c.decoder_depth, embedding_dim=c.prompt_embed_dim,
-                                          mlp_dim=c.decoder_mlp_dim, num_heads=c.decoder_heads),
-            num_multimask_outputs=c.num_multimask_outputs, iou_head_depth=3,
-            iou_head_hidden_dim=c.iou_head_hidden_dim)
+        self.mask_decoder = sam_mask_decoder(c)
 
     def train(self, mode: bool = True) -> "LGATinyViT":
         """A frozen encoder stays in eval mode: its BatchNorm statistics are pretrained, and TinyViT
