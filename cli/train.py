@@ -45,6 +45,9 @@ def train(
                                          "before the first FFM every step (by default, with --no-augment and a "
                                          "frozen lite encoder, they are computed once per image and cached)."),
     val_every: Optional[int] = typer.Option(None, "--val-every", min=1, help="Also validate every N steps."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from this LGA checkpoint's "
+                                             "weights (a run's best.safetensors) with a fresh optimizer and "
+                                             "schedule; its preset and config come with it."),
 ) -> None:
     """Train an LGA model (paper §3.2 recipe by default), validating every epoch."""
     quiet_libraries()
@@ -65,12 +68,15 @@ def train(
     if train_encoder:
         overrides["train_image_encoder"] = True
     given = preset is not None or any(v for v in overrides.values())
-    config = resolve_config(preset, None, overrides) if given or not resume else None
+    if init_from is not None and resume:
+        raise LGAError("give either --init-from (a new run from a checkpoint) or --resume, not both")
+    config = resolve_config(preset, None, overrides) if given or not (resume or init_from) else None
     settings = TrainSettings(data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, max_steps=max_steps,
                              augment=not no_augment, grad_clip=grad_clip, train_limit=limit_train,
                              val_limit=limit_val, skip_bad=skip_bad, resume=resume, force=force, bf16=bf16,
-                             prefix_cache=not no_prefix_cache, val_every=val_every)
+                             prefix_cache=not no_prefix_cache, val_every=val_every,
+                             init_from=init_from)
     summary = run_training(config, settings, sam_checkpoint)
     final = summary["final"] or {}
     typer.echo(f"done: {summary['steps_done']} steps, best val Dice {summary['best_val_dice']:.4f} "

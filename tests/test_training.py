@@ -3,6 +3,7 @@ and a vit_b step changes only what the paper trains."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -151,3 +152,26 @@ def test_cached_text_embedding_is_the_inference_one_even_in_train_mode():
         cached = TextEmbedder(model, texts)(texts)
     assert model.text_encoder.backbone.training  # mode restored
     torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_init_from_starts_a_new_run_at_the_checkpoints_weights(lvit_root, tmp_path):
+    """--init-from: the first step trains from the saved weights (its loss is the saved model's),
+    not from a fresh init; a config that contradicts the checkpoint is refused."""
+    from lga_export.errors import LGAError
+
+    first = tmp_path / "first"
+    train(get_preset("tiny"), _settings(lvit_root, first, max_steps=6))
+    def losses(run: Path) -> list[float]:
+        return [float(line.split(",")[1]) for line in (run / "steps.csv").read_text().splitlines()[1:]]
+    fresh = tmp_path / "fresh"
+    train(get_preset("tiny"), _settings(lvit_root, fresh, max_steps=1))
+    tuned = tmp_path / "tuned"
+    summary = train(None, _settings(lvit_root, tuned, max_steps=1, init_from=first / "last" / "model.safetensors"))
+    assert summary["steps_done"] == 1
+    # Step 1 of the fine-tune sees the weights after step 6 of the first run: its loss is near the
+    # first run's last loss, far below a fresh model's first loss.
+    assert losses(tuned)[0] < 0.9 * losses(fresh)[0]
+    assert abs(losses(tuned)[0] - losses(first)[-1]) < abs(losses(fresh)[0] - losses(first)[-1])
+    with pytest.raises(LGAError, match="holds a tiny model"):
+        train(dataclasses.replace(get_preset("tiny"), num_ffms=2),
+              _settings(lvit_root, tmp_path / "bad", max_steps=1, init_from=first / "last" / "model.safetensors"))

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 BEST_FILE = "best.safetensors"
 _RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "augment", "grad_clip",
-                  "train_split", "val_split", "train_limit", "val_limit", "bf16", "prefix_cache")  # must not change on --resume
+                  "train_split", "val_split", "train_limit", "val_limit", "bf16", "prefix_cache",
+                 "init_from")  # must not change on --resume
 OUTPUT_FILES = (BEST_FILE, "metrics.csv", "metrics.jsonl", "steps.csv", "learning_curve.png", "train.json")
 
 
@@ -57,6 +58,7 @@ class TrainSettings:
     bf16: bool = False  # BF16 autocast for the forward pass (CPUs with native BF16)
     prefix_cache: bool = True  # cache the frozen stages before the first FFM (needs augment off)
     val_every: int | None = None  # validate every N steps as well as at each epoch end
+    init_from: Path | None = None  # start from this LGA checkpoint's weights (fine-tuning) instead of the init
     resume: bool = False
     force: bool = False
     progress: bool = True
@@ -143,6 +145,24 @@ def train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pat
         raise
 
 
+def _model_to_fine_tune(path: Path, config: LGAConfig | None, sam_checkpoint: Path | None):
+    """The model saved in `path`, to train further under a new schedule (the saved run's own
+    optimizer state is not used: that is --resume)."""
+    from lga_export.checkpoint import load_lga_checkpoint
+
+    if not path.is_file():
+        raise LGAError(f"--init-from {path}: no such checkpoint; give an LGA .safetensors file (e.g. a run's "
+                       f"best.safetensors)")
+    if sam_checkpoint:
+        raise LGAError("--init-from already holds the image encoder's weights; drop --sam-checkpoint")
+    model = load_lga_checkpoint(path)
+    if config is not None and config != model.config:
+        changed = [k for k in dataclasses.asdict(config) if getattr(config, k) != getattr(model.config, k)]
+        raise LGAError(f"--init-from {path.name} holds a {model.config.preset} model; the options change "
+                       f"{changed} - drop them or give a checkpoint of that model")
+    return model
+
+
 def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Path | None) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -175,6 +195,9 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
             raise LGAError(f"--resume continues the saved {model.config.preset} model; the options change "
                            f"{changed} - drop them, or start over with --force")
         config = model.config
+    elif settings.init_from is not None:
+        model = _model_to_fine_tune(Path(settings.init_from), config, sam_checkpoint)
+        config = model.config
     else:
         model = build_lga(config)
         if sam_checkpoint:
@@ -189,6 +212,7 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
                                 "elapsed_s": 0.0}
     recipe = {k: getattr(settings, k) for k in _RECIPE_FIELDS}
     recipe["data"] = str(Path(settings.data).resolve())
+    recipe["init_from"] = str(Path(settings.init_from).resolve()) if settings.init_from else None
     if state is not None:
         saved = state["progress"].get("recipe", {})
         changed = {k: (saved[k], recipe[k]) for k in recipe if k in saved and saved[k] != recipe[k]}
