@@ -20,7 +20,9 @@
 # Environment: PYTHON (default .venv/bin/python, else python3), DATA (data root with
 # qata-cov19/; default ../shared/data), SEED, SAMPLES (default 4), WARMUP (1), ITERS (5),
 # THREADS (default: all cores), CALIBRATION (static INT8 calibration images, default 64), INT8
-# (static, dynamic or ov, default ov).
+# (static, dynamic, ov, or none for no INT8 graph; default ov), CHECKPOINT (a trained LGA
+# checkpoint instead of step 1's random one, e.g. an embedded model), BATCH (comma list, default 1),
+# PRECISIONS (default fp32,fp16,bf16,int8), BACKENDS (default torch,ort,ov).
 # Exit code: lga-bench's (0 passed, 3 a gate failed - the report is still written), 1 when a step
 # before it failed, 2 on usage, 4 when the machine stayed busy.
 set -euo pipefail
@@ -59,13 +61,20 @@ if [[ ! -d $DATA/qata-cov19/Val_Folder || ! -d $DATA/qata-cov19/Train_Folder ]];
 fi
 DATA="$(cd "$DATA" && pwd)"
 STARTED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-CKPT="$OUT/checkpoint/lga_${PRESET}_random_seed${SEED}.safetensors"
+CKPT="${CHECKPOINT:-$OUT/checkpoint/lga_${PRESET}_random_seed${SEED}.safetensors}"
+BATCH="${BATCH:-1}"
+PRECISIONS="${PRECISIONS:-fp32,fp16,bf16,int8}"
+BACKENDS="${BACKENDS:-torch,ort,ov}"
 log() { echo "[cpu_record $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/record.log"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
 log "preset $PRESET, seed $SEED, data $DATA, out $OUT, python $PYTHON, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# 1. checkpoint (random SAM weights from SEED)
+# 1. checkpoint (random SAM weights from SEED) unless CHECKPOINT names a trained one
+if [[ -n ${CHECKPOINT:-} ]]; then
+    [[ -f $CHECKPOINT ]] || { echo "cpu_record: CHECKPOINT $CHECKPOINT is not a file" >&2; exit 2; }
+    log "checkpoint $CHECKPOINT (given)"
+else
 mkdir -p "$OUT/checkpoint"
 "$PYTHON" - "$PRESET" "$SEED" "$CKPT" <<'EOF' 2>&1 | tee -a "$OUT/record.log"
 import sys
@@ -82,10 +91,13 @@ model = build_lga(get_preset(preset))
 save_lga_checkpoint(model, path, force=True, metadata={"note": f"random SAM weights, torch.manual_seed({seed})"})
 print(f"checkpoint {path}: {preset}, model digest {model_digest(model)[:16]}")
 EOF
+fi
 
 # 2. export once: FP32, FP16 and static INT8 (calibrated on Train), validated on Val at batch 2
-EXPORT_CMD=(lga-export onnx --checkpoint "$CKPT" --out "$OUT/onnx" --fp16 --int8 "$INT8"
-            --calibration-samples "$CALIBRATION" --validation-batch 2 --data "$DATA" --force)
+INT8_ARGS=(--int8 "$INT8" --calibration-samples "$CALIBRATION")
+[[ $INT8 == none ]] && INT8_ARGS=()
+EXPORT_CMD=(lga-export onnx --checkpoint "$CKPT" --out "$OUT/onnx" --fp16 "${INT8_ARGS[@]}"
+            --validation-batch 2 --data "$DATA" --force)
 log "${EXPORT_CMD[*]}"
 start=$(date +%s)
 "$PYTHON" -c "from lga_export.cli.main import app; app()" "${EXPORT_CMD[@]:1}" 2>&1 | tee -a "$OUT/record.log"
@@ -105,8 +117,8 @@ if awk -v l="$(load1)" -v m="$IDLE_LOAD" 'BEGIN{exit !(l > m)}'; then
     fi
     log "busy machine (load $LOAD_BEFORE), going on because ALLOW_BUSY=1: compare ratios, not absolute times"
 fi
-BENCH_CMD=(lga-bench --checkpoint "$CKPT" --onnx "$OUT/onnx" --backends torch,ort,ov
-           --precision fp32,fp16,bf16,int8 --exclude torch-fp16 --batch 1 --samples "$SAMPLES"
+BENCH_CMD=(lga-bench --checkpoint "$CKPT" --onnx "$OUT/onnx" --backends "$BACKENDS"
+           --precision "$PRECISIONS" --exclude torch-fp16 --batch "$BATCH" --samples "$SAMPLES"
            --warmup "$WARMUP" --iters "$ITERS" --threads "$THREADS" --data "$DATA" --out "$OUT/bench" --force)
 log "${BENCH_CMD[*]} (load before: $LOAD_BEFORE)"
 set +e
@@ -119,15 +131,21 @@ log "lga-bench exit $status, load after: $LOAD_AFTER"
 
 # 4. the dated README of the record
 {
-    echo "# $PRESET CPU record, all CPU backends and precisions, batch 1 ($STARTED)"
+    echo "# $PRESET CPU record, backends $BACKENDS, precisions $PRECISIONS, batch $BATCH ($STARTED)"
     echo
     echo "Commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (with local changes)');" \
          "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) logical cores, threads $THREADS."
+    echo "CPU flags that matter here: $(grep -o -w -E 'amx_bf16|amx_int8|amx_tile|avx512_bf16|avx512_vnni|avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     echo "Load average (1/5/15 min) before the bench: $LOAD_BEFORE; after: $LOAD_AFTER."
-    echo "Random SAM weights from torch.manual_seed($SEED), bundled MiniLM; QaTa-COV19 Val images for parity and"
+    if [[ -n ${CHECKPOINT:-} ]]; then
+        echo "Checkpoint $(basename "$CKPT"); QaTa-COV19 Val images for parity and"
+    else
+        echo "Random SAM weights from torch.manual_seed($SEED), bundled MiniLM; QaTa-COV19 Val images for parity and"
+    fi
     case $INT8 in
         static) int8_text="ONNX Runtime static INT8 calibrated on $CALIBRATION QaTa Train images" ;;
         ov) int8_text="OpenVINO INT8 (NNCF) calibrated on $CALIBRATION QaTa Train images" ;;
+        none) int8_text="no INT8 graph" ;;
         *) int8_text="INT8 by ONNX Runtime dynamic quantisation" ;;
     esac
     echo "latency; $int8_text. Made by \`benchmarks/cpu_record.sh\`:"
