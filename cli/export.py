@@ -92,7 +92,7 @@ def predict(
     from lga_export.predict import predict_files
 
     if use_ray:
-        from lga_export.serve.batch import predict_files_ray
+        from lga_export.serve.ray_predict import predict_files_ray
 
         written = predict_files_ray(model, image=image, text=text, images=images, text_file=text_file, out=out,
                                     threshold=threshold, force=force, backend=backend, precision=precision,

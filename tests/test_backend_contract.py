@@ -30,7 +30,7 @@ from lga_export.runtime.base import CHECKPOINT, ENGINES, EXPORT, Runner, RunnerD
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner
 from lga_export.runtime.registry import (backend_names, canonical_backend, open_runner, register, resolve,
                                          runner_class, unavailable, unregister)
-from lga_export.serve.cluster import check_source
+from lga_export.serve.ray_cluster import check_source
 
 SIZES = {BATCH: 2, SEQUENCE: 9}
 
@@ -277,7 +277,7 @@ def test_throwaway_backend_runs_through_predict_ray_planning_and_actor(wrapped, 
     from lga_export.predict import collect_jobs
     from lga_export.imageio import read_image
     from lga_export.runtime.registry import thread_options
-    from lga_export.serve.batch import ChunkSegmenter
+    from lga_export.serve.ray_predict import ChunkSegmenter
 
     backend, device = check_source("wrapped-ort", str(ov_export), "fp32", None)
     assert (backend, device) == (wrapped, "cpu") and thread_options(backend, 1) == {"threads": 1}

@@ -53,7 +53,7 @@ def test_local_ray_listens_on_loopback_only() -> None:
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
     from ray import serve
 
-    from lga_export.serve.cluster import ray_session
+    from lga_export.serve.ray_cluster import ray_session
 
     with ray_session(None, num_cpus=2) as ray:
         @ray.remote

@@ -499,7 +499,7 @@ def test_no_request_content_in_the_logs(server, ray_dir, image_folder) -> None:
 
 def test_predict_ray_matches_predict(tmp_path, image_folder, one_thread_predict) -> None:
     """predict --ray (two 1-CPU runner actors on a local Ray) writes predict's very files."""
-    from lga_export.serve.batch import predict_files_ray
+    from lga_export.serve.ray_predict import predict_files_ray
 
     images, table = image_folder
     out = tmp_path / "ray"
@@ -516,7 +516,7 @@ def test_predict_ray_matches_predict(tmp_path, image_folder, one_thread_predict)
 def test_predict_ray_all_or_nothing(tmp_path, image_folder) -> None:
     """A bad input fails before Ray starts and leaves nothing; existing outputs need --force."""
     from lga_export.errors import LGAError
-    from lga_export.serve.batch import predict_files_ray
+    from lga_export.serve.ray_predict import predict_files_ray
 
     images, table = image_folder
     broken = tmp_path / "img"

@@ -490,7 +490,7 @@ class LGAHealth:
 def resolve_settings(settings: ServeSettings, scaling: Scaling, local: bool = True) -> ServeSettings:
     """Backend and device made explicit, the model path absolute, and the artefact verified here,
     so a wrong --model fails in one line before any replica starts."""
-    from lga_export.serve.cluster import check_source
+    from lga_export.serve.ray_cluster import check_source
 
     model = settings.model
     if model is not None:
@@ -559,7 +559,7 @@ def check_port(host: str, port: int) -> None:
 
 def deploy_failure(exc: BaseException) -> LGAError:
     """A one-line error from Serve's deploy failure (its text holds the replica's traceback)."""
-    from lga_export.serve.cluster import user_error_in
+    from lga_export.serve.ray_cluster import user_error_in
 
     cause = user_error_in(exc)
     if cause is not None:
@@ -636,7 +636,7 @@ def serve_forever(settings: ServeSettings, scaling: Scaling, host: str = "127.0.
     loopback needs `api_key` or `allow_no_auth`, checked before anything starts. `proxy_location`
     (PROXY_LOCATIONS) applies when this call starts Serve on the cluster, like host and port."""
     from lga_export.serve.auth import check_exposure, key_digest
-    from lga_export.serve.cluster import one_line, ray_session
+    from lga_export.serve.ray_cluster import one_line, ray_session
 
     started = time.perf_counter()
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's start-up chatter; our lines say it

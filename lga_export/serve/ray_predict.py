@@ -76,7 +76,7 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
     from lga_export.imageio import read_image
     from lga_export.predict import check_out, collect_jobs, output_names
     from lga_export.runtime.registry import thread_options
-    from lga_export.serve.cluster import check_source, import_ray, one_line, ray_session, user_error_in
+    from lga_export.serve.ray_cluster import check_source, import_ray, one_line, ray_session, user_error_in
 
     if batch_size < 1:
         raise LGAError(f"--batch-size must be at least 1, not {batch_size}")
