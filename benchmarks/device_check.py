@@ -72,7 +72,7 @@ COMPILE_VARIANT = "compile-fp32"
 RUN_REQUIREMENTS = {"numpy": "numpy", "torch": "torch", "torchvision": "torchvision", "safetensors": "safetensors",
                     "PIL": "pillow"}
 RUN_PROJECT_MODULES = ("lga_export.config", "lga_export.checkpoint", "lga_export.build", "lga_export.parity",
-                       "lga_export.export.specs", "lga_export.preprocess")
+                       "lga_export.contract", "lga_export.preprocess")
 NOT_CHECKED = [
     "TensorRT engines: not run by this check (TensorRT is not installed on the device and cannot be "
     "installed offline); benchmarks/gpu_check.sh builds and measures them on a GPU machine with access "
@@ -265,7 +265,7 @@ def _text_embeddings_random(config, texts: list[str], seed: int) -> np.ndarray:
     """MiniLM (the bundled text model) mean-pooled, through a random Linear to the ViT width."""
     import torch
 
-    from lga_export.export.specs import TEXT_GRAPH, specs_by_name
+    from lga_export.contract import TEXT_GRAPH, specs_by_name
     from lga_export.modeling.text_encoder import TextEncoder, load_text_backbone, load_text_tokenizer
 
     torch.manual_seed(seed)
@@ -493,7 +493,7 @@ def measure_variant(model, inputs: Inputs, precision: str, device, batches: list
     """Agreement with the carried reference, latency per batch and memory for one variant."""
     import torch
 
-    from lga_export.export.specs import tolerance
+    from lga_export.contract import tolerance
     from lga_export.parity import compare, failures
 
     graph = model.forward_image

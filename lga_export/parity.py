@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from lga_export.export.specs import Tolerance
+from lga_export.contract import Tolerance
 from lga_export.metrics import mask_agreement, nonfinite_count
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from lga_export.errors import LGAError
-from lga_export.export.specs import text_feeds
+from lga_export.contract import text_feeds
 
 _FIX = "re-export with lga-export onnx --force"
 EMPTY_TEXT = ("empty text: every image needs a report (pass --text or a text file row); a report of only "

@@ -25,7 +25,7 @@ import pytest
 from lga_export.bench.cases import Case, plan_cases
 from lga_export.bench.core import BenchSettings, _runner_options
 from lga_export.errors import LGAError
-from lga_export.export.specs import BATCH, PRECISIONS, SEQUENCE, dummy_inputs, specs_by_name
+from lga_export.contract import BATCH, PRECISIONS, SEQUENCE, dummy_inputs, specs_by_name
 from lga_export.runtime.base import CHECKPOINT, ENGINES, EXPORT, Runner, RunnerDescription
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner
 from lga_export.runtime.registry import (backend_names, canonical_backend, open_runner, register, resolve,

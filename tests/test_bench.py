@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lga_export.bench import BenchSettings, run_benchmark
 from lga_export.cli.bench import app
-from lga_export.export.specs import TOLERANCES
+from lga_export.contract import TOLERANCES
 from lga_export.loading import embedded_checkpoint
 
 # Pinned to the CPU: on a GPU host the bench defaults to cuda, where the dev install's CPU

@@ -15,7 +15,7 @@ from lga_export.cli.main import app
 from lga_export.errors import ValidationFailed
 from lga_export.export import validate as validate_module
 from lga_export.export.exporter import export_onnx
-from lga_export.export.specs import TOLERANCES, Tolerance, dummy_inputs, graph_specs
+from lga_export.contract import TOLERANCES, Tolerance, dummy_inputs, graph_specs
 from lga_export.fileio import sha256_file
 from lga_export.loading import embedded_checkpoint
 from lga_export.runtime.registry import open_runner

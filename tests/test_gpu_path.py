@@ -145,7 +145,7 @@ def test_torch_runner_records_events_around_the_graph_only(default_model, monkey
     import numpy as np
     import torch
 
-    from lga_export.export.specs import IMAGE_GRAPH, dummy_inputs, graph_specs
+    from lga_export.contract import IMAGE_GRAPH, dummy_inputs, graph_specs
     from lga_export.runtime.torch_runner import TorchRunner
 
     log: list = []

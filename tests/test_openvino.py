@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lga_export.export.specs import tolerance
+from lga_export.contract import tolerance
 from lga_export.runtime.comparator import compare_outputs, run_samples
 from lga_export.samples import validation_samples
 

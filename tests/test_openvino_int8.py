@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lga_export.errors import LGAError
-from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, tolerance
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, tolerance
 from lga_export.runtime.comparator import compare_outputs, run_samples
 from lga_export.samples import validation_samples
 
@@ -111,7 +111,7 @@ def test_image_graph_is_compiled_per_batch_size_and_matches_single_runs(ov_expor
     from lga_export.runtime import openvino_runner
     from lga_export.runtime.pipeline import Segmenter
     from lga_export.runtime.registry import open_runner
-    from lga_export.export.specs import image_feeds
+    from lga_export.contract import image_feeds
 
     samples = validation_samples(3, data_root)[0]
     with open_runner("ov", ov_export[0], threads=2) as runner:

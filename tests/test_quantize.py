@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lga_export.errors import LGAError
-from lga_export.export.specs import IMAGE_GRAPH, tolerance
+from lga_export.contract import IMAGE_GRAPH, tolerance
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from lga_export.artifact import ENGINE_FORMAT, EXPORT_FORMAT, MANIFEST, TOKENIZE
 from lga_export.cli.main import app
 from lga_export.config import get_preset
 from lga_export.errors import LGAError
-from lga_export.export.specs import (AXIS_BOUNDS, IMAGE, IMAGE_GRAPH, INPUT_IDS, ATTENTION_MASK, MASK_LOGITS,
+from lga_export.contract import (AXIS_BOUNDS, IMAGE, IMAGE_GRAPH, INPUT_IDS, ATTENTION_MASK, MASK_LOGITS,
                                      SEQUENCE, TEXT_EMBEDDING, TEXT_GRAPH, graph_specs, tolerance)
 from lga_export.trt_engines import _trt, build
 from lga_export.trt_engines.layers import (layer_report, precision_counts, summary_markdown, tensor_info_precision,

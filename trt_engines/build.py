@@ -24,7 +24,7 @@ from typing import Any
 from lga_export import __version__
 from lga_export.artifact import ENGINE_FORMAT, TOKENIZER_DIR, ExportArtifact, file_digests, open_export
 from lga_export.errors import LGAError
-from lga_export.export.specs import GraphSpec, graph_specs
+from lga_export.contract import GraphSpec, graph_specs
 from lga_export.fileio import atomic_dir, atomic_file, refuse_overwrite
 from lga_export.trt_engines.manifest import EngineFiles, source_record
 from lga_export.trt_engines.profiles import Profile, ProfileBounds, engine_profile, profile_to_json

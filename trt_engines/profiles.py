@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
-from lga_export.export.specs import AXIS_BOUNDS, BATCH, SEQUENCE, GraphSpec
+from lga_export.contract import AXIS_BOUNDS, BATCH, SEQUENCE, GraphSpec
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)

@@ -21,7 +21,7 @@ import numpy as np
 from lga_export.artifact import REBUILD, TOKENIZER_DIR, EngineArtifact, manifest_config
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
-from lga_export.export.specs import GRAPHS
+from lga_export.contract import GRAPHS
 from lga_export.runtime.base import ENGINES, Runner, RunnerDescription
 from lga_export.runtime.device_timing import EnqueueTimer
 from lga_export.trt_engines.manifest import check_compatible, engine_label, verified_engine

@@ -19,7 +19,7 @@ def image_graph_flops(model, batch: int = 1) -> dict[str, Any]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lga_export.export.specs import dummy_inputs, graph_specs
+    from lga_export.contract import dummy_inputs, graph_specs
     from lga_export.export.wrappers import graph_modules
 
     spec = graph_specs(model.config)[1]

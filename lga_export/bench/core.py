@@ -24,7 +24,7 @@ from lga_export.bench.gates import check_gates
 from lga_export.bench.machine import DeviceMemory, machine_info, peak_rss_mb, release_device_memory
 from lga_export.bench.timing import measure
 from lga_export.errors import LGAError, ValidationFailed
-from lga_export.export.specs import IMAGE_GRAPH, PRECISIONS, TEXT_GRAPH, image_feeds, tolerance
+from lga_export.contract import IMAGE_GRAPH, PRECISIONS, TEXT_GRAPH, image_feeds, tolerance
 from lga_export.fileio import atomic_dir
 from lga_export.metrics import score_logits
 from lga_export.runtime.comparator import Outputs, compare_outputs, run_samples

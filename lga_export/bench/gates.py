@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lga_export.export.specs import TEXT_GRAPH, tolerance
+from lga_export.contract import TEXT_GRAPH, tolerance
 
 
 def check_gates(results: dict[str, Any], min_dice_agreement: float | None, max_latency_ratio: float | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, tolerance
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, tolerance
 from lga_export.runtime.base import RunnerDescription
 
 PARTS = ((TEXT_GRAPH, "text graph"), (IMAGE_GRAPH, "image graph"), ("end_to_end", "end to end"))

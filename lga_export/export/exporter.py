@@ -16,7 +16,7 @@ from lga_export.checkpoint import model_digest
 from lga_export.errors import LGAError, ValidationFailed
 from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, check_opset, convert_to_fp16, export_graph
 from lga_export.export.quantize import CALIBRATION_SAMPLES, int8_filename, int8_method, quantize_int8
-from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, dummy_inputs, graph_specs
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, dummy_inputs, graph_specs
 from lga_export.export.validate import failure_lines, validate_export
 from lga_export.export.wrappers import graph_modules
 from lga_export.fileio import atomic_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH
 
 _PARTS = (TEXT_GRAPH, IMAGE_GRAPH, "end_to_end")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lga_export.artifact import is_openvino_ir
-from lga_export.export.specs import tolerance
+from lga_export.contract import tolerance
 from lga_export.runtime.comparator import compare_outputs, run_samples
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner
 from lga_export.runtime.registry import open_runner
@@ -32,7 +32,7 @@ def _staged_runner(config, files: dict[str, Path], precision: str, tokenizer_dir
 def validate_export(model, graphs: dict[str, dict[str, Path]], tokenizer_dir: Path, batch: int,
                     data_root: Path | None = None) -> dict[str, Any]:
     """Figures for every precision in `graphs` (precision -> graph name -> file); `passed` is
-    False when any tolerance of export/specs.py is missed."""
+    False when any tolerance of contract.py is missed."""
     samples, source = validation_samples(batch, data_root)
     names = [s.name for s in samples]
     with open_runner("torch", model) as reference:

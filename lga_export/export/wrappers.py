@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH
 
 
 class TextGraph(nn.Module):

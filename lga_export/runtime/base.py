@@ -28,7 +28,7 @@ import numpy as np
 
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
-from lga_export.export.specs import GraphSpec, specs_by_name
+from lga_export.contract import GraphSpec, specs_by_name
 
 
 # The kinds of model source a runner opens (`Runner.sources`; `registry.source_kind` tells them apart).

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, Tolerance, tolerance
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, Tolerance, tolerance
 from lga_export.parity import Parity, compare, failures
 from lga_export.runtime.base import Runner
 from lga_export.runtime.pipeline import Segmenter

@@ -79,7 +79,7 @@ def _batch_only(spec) -> bool:
     shapes: vit_b's image graph at batch 1 took 1.9 GB instead of 8.3 GB and ran 9% faster in FP32,
     15% in INT8 (2-core Xeon, 2026-11-30). The text graph's sequence length changes with every
     batch of reports, so it stays dynamic."""
-    from lga_export.export.specs import BATCH
+    from lga_export.contract import BATCH
 
     return all(set(t.dynamic_axes.values()) <= {BATCH} for t in spec.inputs)
 
@@ -160,7 +160,7 @@ class OpenVinoRunner(Runner):
         artifact = export_of(source, model_digest, "OpenVINO")
         if not device.lower().startswith("cpu"):
             raise LGAError(f"the OpenVINO backend runs on the CPU here, not {device}; use --device cpu")
-        from lga_export.export.specs import specs_by_name
+        from lga_export.contract import specs_by_name
 
         stored = cls.stored_precision(precision)
         if precision == "int8" and artifact.int8_format != cls.int8_format:

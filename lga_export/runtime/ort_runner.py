@@ -211,7 +211,7 @@ class OnnxRuntimeRunner(Runner):
 
     @staticmethod
     def graph_names(config: LGAConfig) -> list[str]:
-        from lga_export.export.specs import specs_by_name
+        from lga_export.contract import specs_by_name
 
         return list(specs_by_name(config))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lga_export.errors import LGAError
-from lga_export.export.specs import IMAGE_GRAPH, TEXT_GRAPH, image_feeds, specs_by_name
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds, specs_by_name
 from lga_export.preprocess import normalize
 from lga_export.resample import logits_to_mask
 from lga_export.runtime.base import Runner

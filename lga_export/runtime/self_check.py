@@ -8,7 +8,7 @@ a runner opens a graph at a reduced precision that its class declares self-check
 the runner factory (`registry.open_runner`) runs the built-in check sample (`CHECK`: one
 synthetic chest X-ray with a QaTa-style report, batch 1) through that runner and through the FP32
 graphs of the same export on the same backend, and compares them with the comparator at the
-precision's tolerance (`specs.tolerance`: worst mask Dice agreement, never a NaN/Inf).
+precision's tolerance (`contract.tolerance`: worst mask Dice agreement, never a NaN/Inf).
 
 The verdict is cached beside the compiled models (`Runner.self_check_root`: the runner's own
 compile-cache folder, `~/.cache/lga-export/<runtime>/self-check.<backend>-<precision>.<key>`),
@@ -139,7 +139,7 @@ class Plan:
 
     def prepare(self, runner) -> dict[str, Any] | None:
         """The key (None: the runner does not compute in this precision here; nothing to check)."""
-        from lga_export.export.specs import tolerance
+        from lga_export.contract import tolerance
 
         identity = runner.self_check_identity()
         if identity is None:
@@ -248,7 +248,7 @@ def check_samples() -> list:
 def compute(runner, plan: Plan) -> SelfCheck:
     """Run the check sample through `runner` (active) and its FP32 reference; store the verdict."""
     global COMPUTED
-    from lga_export.export.specs import tolerance
+    from lga_export.contract import tolerance
     from lga_export.runtime.comparator import compare_outputs, run_samples
 
     start = time.perf_counter()

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lga_export.export.specs import ATTENTION_MASK, INPUT_IDS
+from lga_export.contract import ATTENTION_MASK, INPUT_IDS
 from lga_export.modeling.text_encoder import load_text_tokenizer, mean_pool
 
 

@@ -2,8 +2,10 @@
 and their bounds, dummy inputs, per-precision tolerances and TensorRT profile bounds.
 
 Exporter, validator, runners, comparator, engine builder and benchmark all read these; no
-other module spells a graph or tensor name. This module imports numpy only, so the lean
-inference install can read it.
+other module spells a graph or tensor name. It is the contract between the exporter (which
+writes graphs to it) and the runtimes (which check feeds against it), so it lives at the
+package root below both rather than inside either. This module imports numpy only, so the
+lean inference install can read it.
 """
 
 from __future__ import annotations
