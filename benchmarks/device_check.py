@@ -25,7 +25,7 @@ digests, and measures `forward_image` with PyTorch FP32 (TF32 off), FP16 and BF1
 and torch.compile (FP32, in a child process under a time cap: skipped with the reason when it
 fails or runs out of time): CUDA-event latency (warm-up, then p50/p90), device memory, and the
 per-sample mask agreement (Dice of logits > 0) with the carried CPU FP32 reference through
-`lga_export.parity.compare`. It writes OUT/results.json (updated after every preset) and
+`lga_export.verify.parity.compare`. It writes OUT/results.json (updated after every preset) and
 OUT/report.md, and says plainly what it could not check. Exit code: 0 all measured variants
 within the spec's tolerance, 1 a variant failed or missed it, 2 a bundle or setup problem.
 """
@@ -71,7 +71,7 @@ COMPILE_VARIANT = "compile-fp32"
 # the list in a venv holding only the image's packages.
 RUN_REQUIREMENTS = {"numpy": "numpy", "torch": "torch", "torchvision": "torchvision", "safetensors": "safetensors",
                     "PIL": "pillow"}
-RUN_PROJECT_MODULES = ("lga_export.config", "lga_export.checkpoint", "lga_export.build", "lga_export.parity",
+RUN_PROJECT_MODULES = ("lga_export.config", "lga_export.checkpoint", "lga_export.build", "lga_export.verify.parity",
                        "lga_export.contract", "lga_export.preprocess")
 NOT_CHECKED = [
     "TensorRT engines: not run by this check (TensorRT is not installed on the device and cannot be "
@@ -494,7 +494,7 @@ def measure_variant(model, inputs: Inputs, precision: str, device, batches: list
     import torch
 
     from lga_export.contract import tolerance
-    from lga_export.parity import compare, failures
+    from lga_export.verify.parity import compare, failures
 
     graph = model.forward_image
     if compiled:

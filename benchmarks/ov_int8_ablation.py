@@ -30,7 +30,7 @@ from lga_export.artifact import open_export  # noqa: E402
 from lga_export.export.quantize import SENSITIVE_SCOPES, calibration_set  # noqa: E402
 from lga_export.export.quantize_ov import FFM_SCOPE, OpenVinoInt8Settings, quantize_openvino_int8  # noqa: E402
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds  # noqa: E402
-from lga_export.parity import compare  # noqa: E402
+from lga_export.verify.parity import compare  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
 from lga_export.runtime.openvino_runner import OpenVinoRunner  # noqa: E402
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402

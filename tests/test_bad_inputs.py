@@ -377,7 +377,7 @@ def test_sigterm_leaves_no_partial_export(tmp_path) -> None:
 
 def test_sixteen_bit_and_dicom_copies_give_the_same_mask(world, tmp_path) -> None:
     """The same X-ray as 8-bit PNG, 16-bit PNG and 16-bit DICOM gives the same mask (Dice >= 0.98)."""
-    from lga_export.metrics import dice
+    from lga_export.verify.metrics import dice
 
     gray = np.asarray(Image.open(world["image"]).convert("L"))
     folder = tmp_path / "in"

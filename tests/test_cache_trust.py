@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lga_export.errors import LGAError
-from lga_export.runtime.comparator import run_samples
+from lga_export.runtime.sample_runs import run_samples
 from lga_export.samples import validation_samples
 
 pytest.importorskip("openvino")

@@ -133,7 +133,7 @@ def test_predict_from_onnx_checkpoint_and_default_agree(export, image_folder, tm
     images, table = image_folder
     from PIL import Image
 
-    from lga_export.metrics import dice
+    from lga_export.verify.metrics import dice
 
     masks = {}
     for name, args in (("onnx", ["--model", str(out_dir)]), ("torch", ["--model", str(embedded_checkpoint("tiny"))])):

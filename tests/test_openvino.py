@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lga_export.contract import tolerance
-from lga_export.runtime.comparator import compare_outputs, run_samples
+from lga_export.runtime.sample_runs import run_samples
+from lga_export.verify.comparator import compare_outputs
 from lga_export.samples import validation_samples
 
 pytest.importorskip("openvino")

@@ -12,7 +12,8 @@ import pytest
 
 from lga_export.errors import LGAError
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, tolerance
-from lga_export.runtime.comparator import compare_outputs, run_samples
+from lga_export.runtime.sample_runs import run_samples
+from lga_export.verify.comparator import compare_outputs
 from lga_export.samples import validation_samples
 
 pytest.importorskip("openvino")

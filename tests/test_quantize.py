@@ -34,7 +34,7 @@ def test_static_int8_export_passes_validation_and_records_its_calibration(static
 def test_static_int8_graph_is_qdq_and_runs_through_the_factory(static_export, data_root):
     import onnx
 
-    from lga_export.runtime.comparator import run_samples
+    from lga_export.runtime.sample_runs import run_samples
     from lga_export.runtime.registry import open_runner
     from lga_export.samples import validation_samples
 

@@ -779,7 +779,7 @@ def tiny_engines(tmp_path_factory):
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_parity_with_pytorch(tiny_engines, precision: str) -> None:
-    from lga_export.runtime.comparator import compare_runners
+    from lga_export.runtime.sample_runs import compare_runners
     from lga_export.runtime.registry import open_runner
     from lga_export.samples import validation_samples
 

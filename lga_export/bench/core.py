@@ -26,8 +26,9 @@ from lga_export.bench.timing import measure
 from lga_export.errors import LGAError, ValidationFailed
 from lga_export.contract import IMAGE_GRAPH, PRECISIONS, TEXT_GRAPH, image_feeds, tolerance
 from lga_export.fileio import atomic_dir
-from lga_export.metrics import score_logits
-from lga_export.runtime.comparator import Outputs, compare_outputs, run_samples
+from lga_export.verify.metrics import score_logits
+from lga_export.runtime.sample_runs import run_samples
+from lga_export.verify.comparator import Outputs, compare_outputs
 from lga_export.runtime.pipeline import Segmenter
 from lga_export.runtime.base import CHECKPOINT, ENGINES, EXPORT
 from lga_export.runtime.registry import backend_names, canonical_backend, runner_class

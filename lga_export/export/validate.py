@@ -13,7 +13,8 @@ from typing import Any
 
 from lga_export.artifact import is_openvino_ir
 from lga_export.contract import tolerance
-from lga_export.runtime.comparator import compare_outputs, run_samples
+from lga_export.runtime.sample_runs import run_samples
+from lga_export.verify.comparator import compare_outputs
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner
 from lga_export.runtime.registry import open_runner
 from lga_export.samples import validation_samples

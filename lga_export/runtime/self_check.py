@@ -249,7 +249,8 @@ def compute(runner, plan: Plan) -> SelfCheck:
     """Run the check sample through `runner` (active) and its FP32 reference; store the verdict."""
     global COMPUTED
     from lga_export.contract import tolerance
-    from lga_export.runtime.comparator import compare_outputs, run_samples
+    from lga_export.runtime.sample_runs import run_samples
+    from lga_export.verify.comparator import compare_outputs
 
     start = time.perf_counter()
     try:

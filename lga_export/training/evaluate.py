@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from lga_export.data.dataset import SegmentationDataset, collate
 from lga_export.data.lvit import Sample
 from lga_export.imageio import read_mask
-from lga_export.metrics import score_logits
+from lga_export.verify.metrics import score_logits
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lga_export.contract import Tolerance
-from lga_export.metrics import mask_agreement, nonfinite_count
+from lga_export.verify.metrics import mask_agreement, nonfinite_count
 
 
 @dataclass(frozen=True)
