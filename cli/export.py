@@ -42,7 +42,7 @@ def onnx(
     """
     quiet_libraries()
     from lga_export.export.exporter import export_onnx
-    from lga_export.export.report import render_validation
+    from lga_export.export.validation_report import render_validation
     from lga_export.loading import load_model
 
     from lga_export.export.onnx_export import check_opset

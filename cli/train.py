@@ -97,7 +97,7 @@ def evaluate(
     """Dice and mIoU of a checkpoint over a split, per-sample CSV, best/worst figure, JSON summary."""
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from lga_export.training.report import evaluate_checkpoint
+    from lga_export.training.eval_checkpoint import evaluate_checkpoint
 
     summary = evaluate_checkpoint(checkpoint, data, split, out, batch_size=batch_size, limit=limit,
                                   skip_bad=skip_bad, force=force)

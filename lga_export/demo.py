@@ -42,7 +42,7 @@ def _deployed(backend: str, precision: str | None = None) -> bool:
 def deployment_paths(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every CPU deployment path the benchmark asked for: passed, failed (with the figure and the
     gate's reasons) or not run here (with the reason), in the benchmark's order."""
-    from lga_export.bench.report import failing_figure
+    from lga_export.bench.markdown_report import failing_figure
 
     ranking = {c["label"]: c for c in (results.get("recommendation") or {}).get("ranking", [])}
     by_case = results["gates"].get("by_case", {})
@@ -89,7 +89,7 @@ def run_demo(out: Path, *, force: bool = False, log: Callable[[str], None] = pri
     `settings`: the benchmark's (default `demo_settings()`)."""
     from lga_export.bench import run_benchmark
     from lga_export.export.exporter import export_onnx
-    from lga_export.export.report import render_validation
+    from lga_export.export.validation_report import render_validation
     from lga_export.fileio import atomic_dir
     from lga_export.loading import default_checkpoint, load_model
     from lga_export.predict import overlay

@@ -206,7 +206,7 @@ def test_predict_runs_on_openvino(export_dir, image_folder, tmp_path, cache):
 
 
 def test_bench_recommends_the_fastest_cpu_case_that_passes_its_gate():
-    from lga_export.bench.report import recommendation, render_report  # noqa: F401
+    from lga_export.bench.markdown_report import recommendation, render_report  # noqa: F401
 
     from lga_export.runtime.base import RunnerDescription
 

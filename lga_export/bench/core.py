@@ -228,7 +228,7 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
 
     from lga_export.bench.compute import image_graph_flops, matmul_peak, torch_matmul_peak
     from lga_export.bench.plots import write_plots
-    from lga_export.bench.report import render_report
+    from lga_export.bench.markdown_report import render_report
     from lga_export.checkpoint import model_digest
     from lga_export.runtime.registry import open_runner
     from lga_export.samples import validation_samples
@@ -299,7 +299,7 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
             "peak_rss_mb": peak_rss_mb(),
         }
         _add_gflops(results)
-        from lga_export.bench.report import recommendation
+        from lga_export.bench.markdown_report import recommendation
 
         results["recommendation"] = recommendation(results)
         results["gates"] = check_gates(results, settings.min_dice_agreement, settings.max_latency_ratio,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lga_export.bench.report import PARTS
+from lga_export.bench.markdown_report import PARTS
 
 
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[str]:
