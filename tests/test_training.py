@@ -101,7 +101,7 @@ def test_bad_data_fails_before_training(tmp_path):
 def test_vit_b_step_changes_only_trainable_parameters(sam_vit_b_checkpoint, bert768_dir):
     from lga_export.build import build_lga, dead_parameter_names
     from lga_export.checkpoint import load_sam_checkpoint
-    from lga_export.training.loop import train_step
+    from lga_export.training.step import train_step
     from lga_export.training.text_cache import TextEmbedder
 
     config = get_preset("vit_b").replace(text_model=str(bert768_dir))

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from lga_export.data.dataset import SegmentationDataset, collate
 from lga_export.data.lvit import Sample
 from lga_export.imageio import read_mask
+from lga_export.training.step import forward_batch
 from lga_export.verify.metrics import score_logits
 
 
@@ -26,8 +27,6 @@ def predict_logits(model, embedder, samples: list[Sample], batch_size: int = 8, 
                    prefixes=None, bf16: bool = False):
     """Yield (sample, 1xMxM numpy logits) in order, with no gradients (from cached prefix tokens
     when `prefixes`, a PrefixCache over `samples`, is given)."""
-    from lga_export.training.loop import forward_batch
-
     from tqdm import tqdm
 
     dataset = SegmentationDataset(samples, model.config, train=False)

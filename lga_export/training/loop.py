@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from lga_export.config import LGAConfig
 from lga_export.errors import Interrupted, LGAError
 from lga_export.fileio import atomic_file
+from lga_export.training.step import train_step
 
 log = logging.getLogger(__name__)
 
@@ -98,35 +99,6 @@ def _write_metrics(out: Path, history: list[dict[str, Any]], steps: list[dict[st
         _write_text(out / "steps.csv", "step,loss,lr\n" +
                     "".join(f"{s['step']},{s['loss']:.6f},{s['lr']:.3e}\n" for s in steps))
     learning_curve(history, steps, out / "learning_curve.png")
-
-
-def forward_batch(model, embedder, batch: dict, prefixes=None, bf16: bool = False) -> torch.Tensor:
-    """Mask logits of a batch: from cached prefix tokens when `prefixes` (a PrefixCache) is given,
-    else from the pixels; the forward pass under BF16 autocast with `bf16`."""
-    tokens = prefixes.get(batch["index"], batch["pixels"]) if prefixes is not None else None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        text = embedder(batch["text"])
-        if tokens is not None:
-            logits = model.forward_suffix(tokens, text)
-        else:
-            logits = model.forward_image(batch["pixels"], text)
-    return logits.float()
-
-
-def train_step(model, optimizer: torch.optim.Optimizer, embedder, batch: dict,
-               params: list[torch.nn.Parameter], grad_clip: float | None = None, prefixes=None,
-               bf16: bool = False) -> torch.Tensor:
-    """One optimizer step on a batch (image, mask, text); returns the loss before the step."""
-    from lga_export.training.losses import segmentation_loss
-
-    logits = forward_batch(model, embedder, batch, prefixes, bf16)
-    loss = segmentation_loss(logits, batch["mask"])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    return loss.detach()
 
 
 def train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Path | None = None) -> dict[str, Any]:
