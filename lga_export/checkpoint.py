@@ -17,6 +17,7 @@ from torch import nn
 from lga_export.config import PRESETS, LGAConfig
 from lga_export.errors import LGAError
 from lga_export.fileio import atomic_file
+from lga_export.modeling.state_check import check_state
 
 CHECKPOINT_FORMAT = "lga-export/1"
 _SAM_PARTS = ("image_encoder.", "mask_decoder.")
@@ -87,21 +88,6 @@ def _mismatch_hint(path: Path, state: dict[str, torch.Tensor], config: LGAConfig
     return ""
 
 
-def check_state(path: Path, found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str,
-                 hint: str = "", unexpected: list[str] | None = None) -> None:
-    """One error naming the file and the first missing/unexpected keys or the first shape mismatch."""
-    missing = sorted(expected.keys() - found.keys())
-    unexpected = sorted(set(unexpected or ()) | (found.keys() - expected.keys()))
-    if missing or unexpected:
-        raise LGAError(f"{path}: does not match {what}: {len(missing)} missing keys {missing[:3]}, "
-                       f"{len(unexpected)} unexpected keys {unexpected[:3]}{hint}")
-    for key, tensor in found.items():
-        if tensor.shape != expected[key].shape:
-            raise LGAError(f"{path}: {key} has shape {tuple(tensor.shape)}, {what} needs "
-                           f"{tuple(expected[key].shape)}{hint}")
-
-
-def load_sam_checkpoint(model: nn.Module, path: str | Path) -> SamLoadReport:
     """Load SAM's image encoder, mask decoder and dense positional encoding into `model`."""
     path = Path(path)
     state = _read_torch_state(path)

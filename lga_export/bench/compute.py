@@ -20,7 +20,7 @@ def image_graph_flops(model, batch: int = 1) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from lga_export.contract import dummy_inputs, graph_specs
-    from lga_export.export.wrappers import graph_modules
+    from lga_export.modeling.graphs import graph_modules
 
     spec = graph_specs(model.config)[1]
     feeds = dummy_inputs(spec, {"batch": batch, "sequence": 16})

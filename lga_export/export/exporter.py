@@ -18,7 +18,7 @@ from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, check_opse
 from lga_export.export.quantize import CALIBRATION_SAMPLES, int8_filename, int8_method, quantize_int8
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, dummy_inputs, graph_specs
 from lga_export.export.validate import failure_lines, validate_export
-from lga_export.export.wrappers import graph_modules
+from lga_export.modeling.graphs import graph_modules
 from lga_export.fileio import atomic_dir
 from lga_export.versions import library_versions
 from lga_export.modeling.text_encoder import load_tokenizer

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lga_export.checkpoint import check_state
+from lga_export.modeling.state_check import check_state
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 

@@ -83,7 +83,7 @@ class TorchRunner(Runner):
     def activate_impl(self) -> None:
         import torch
 
-        from lga_export.export.wrappers import graph_modules
+        from lga_export.modeling.graphs import graph_modules
 
         if self.device.type == "cuda" and self.precision == "fp32":
             # The FP32 reference is FP32: TF32 matmuls/convolutions (PyTorch's default for cuDNN)

@@ -1,6 +1,7 @@
-"""Export-only wrappers: each exposes one graph's forward with the spec's argument order.
+"""Graph wrappers: each exposes one exported graph's forward with the contract's argument order.
 
-They hold the tracing concessions so the model itself stays clean.
+They hold the tracing concessions so the model itself stays clean. The exporter traces them
+and the PyTorch runner runs them, so they live with the model, below both.
 """
 
 from __future__ import annotations
