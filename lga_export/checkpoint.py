@@ -88,6 +88,7 @@ def _mismatch_hint(path: Path, state: dict[str, torch.Tensor], config: LGAConfig
     return ""
 
 
+def load_sam_checkpoint(model: nn.Module, path: str | Path) -> SamLoadReport:
     """Load SAM's image encoder, mask decoder and dense positional encoding into `model`."""
     path = Path(path)
     state = _read_torch_state(path)
