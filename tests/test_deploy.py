@@ -96,8 +96,8 @@ def test_serve_config_names_the_two_applications_of_lga_export_serve(serve_confi
     assert serve_config["proxy_location"] == "HeadOnly"
     assert serve_config["http_options"]["host"] == "0.0.0.0"
     apps = {a["route_prefix"]: a for a in serve_config["applications"]}
-    assert apps["/"]["import_path"] == "lga_export.serve.rayservice:segmenter"
-    assert apps["/v1/health"]["import_path"] == "lga_export.serve.rayservice:health"
+    assert apps["/"]["import_path"] == "lga_export.cli.rayservice:segmenter"
+    assert apps["/v1/health"]["import_path"] == "lga_export.cli.rayservice:health"
     assert len({a["args"]["command"] for a in apps.values()}) == 1, "the two applications differ"
 
 
@@ -119,7 +119,7 @@ def test_the_builders_make_what_serve_deploys(serve_config, tmp_path, monkeypatc
     """The manifest's line, with this machine's model (the embedded one) and a key file here,
     becomes the deployment `lga-export serve` would run: replicas, CPUs, batching, the key's digest."""
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install \"lga-export[serve]\")")
-    from lga_export.serve import rayservice
+    from lga_export.cli import rayservice
     from lga_export.serve.auth import key_digest
 
     key = "k" * 32
@@ -148,7 +148,7 @@ def test_the_builders_make_what_serve_deploys(serve_config, tmp_path, monkeypatc
 def test_the_builders_refuse_what_a_rayservice_cannot_honour(extra: str, words: str, tmp_path) -> None:
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install \"lga-export[serve]\")")
     from lga_export.errors import LGAError
-    from lga_export.serve import rayservice
+    from lga_export.cli import rayservice
 
     (tmp_path / "key").write_text("k" * 32)
     with pytest.raises(LGAError, match=re.escape(words)) as caught:
@@ -159,7 +159,7 @@ def test_the_builders_refuse_what_a_rayservice_cannot_honour(extra: str, words: 
 def test_a_rayservice_without_a_key_is_refused(monkeypatch) -> None:
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install \"lga-export[serve]\")")
     from lga_export.errors import LGAError
-    from lga_export.serve import rayservice
+    from lga_export.cli import rayservice
 
     monkeypatch.delenv("LGA_API_KEY", raising=False)
     with pytest.raises(LGAError, match="--api-key-file"):

@@ -7,11 +7,11 @@ here from the same command line:
     applications:
       - name: lga-health
         route_prefix: /v1/health
-        import_path: lga_export.serve.rayservice:health
+        import_path: lga_export.cli.rayservice:health
         args: {command: "lga-export serve --model /models/lga --api-key-file /etc/lga/api-key ..."}
       - name: lga
         route_prefix: /
-        import_path: lga_export.serve.rayservice:segmenter
+        import_path: lga_export.cli.rayservice:segmenter
         args: {command: "<the same line>"}
 
 The line is parsed by `lga-export serve`'s own Click command (its options, defaults and types),
@@ -20,6 +20,9 @@ $LGA_API_KEY). What the driver alone honours (--host, --port, --proxy-location, 
 --num-cpus) is refused in one line: in a RayService those are `serveConfigV2`'s `http_options`
 and `proxy_location`. A RayService listens beyond loopback, so a key is required unless the line
 says --allow-no-auth.
+
+It lives with the command line, not in `lga_export.serve`, because it is an entry point like
+`lga-export serve` itself and parses with that command: serving never imports the CLI.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def plan(params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 
 def segmenter(args: dict[str, Any]) -> Any:
-    """serveConfigV2 import_path `lga_export.serve.rayservice:segmenter` (route_prefix /)."""
+    """serveConfigV2 import_path `lga_export.cli.rayservice:segmenter` (route_prefix /)."""
     from lga_export.serve.app import LGADeployment
 
     settings, options = plan(parse(_command(args)))
@@ -96,7 +99,7 @@ def segmenter(args: dict[str, Any]) -> Any:
 
 
 def health(args: dict[str, Any]) -> Any:
-    """serveConfigV2 import_path `lga_export.serve.rayservice:health` (route_prefix /v1/health):
+    """serveConfigV2 import_path `lga_export.cli.rayservice:health` (route_prefix /v1/health):
     GET /v1/health from an application of its own, as `lga-export serve` deploys it."""
     from lga_export.serve.app import APP_NAME, LGAHealth
 
