@@ -1,7 +1,7 @@
 """TensorRT optimisation profiles derived from the graph specs (pure Python, no TensorRT).
 
 One profile per engine. The bounds live inside what the export declares
-(`specs.AXIS_BOUNDS`: batch 1..64, sequence 2..512), so an engine never promises a shape the
+(`contract.AXIS_BOUNDS`: batch 1..64, sequence 2..512), so an engine never promises a shape the
 ONNX graph was not exported for. The opt shapes are where real inputs are, because TensorRT
 tunes its kernels for them: batch opt = 2 (the middle of what lga-bench runs, clamped to the
 bounds), sequence opt = 32 tokens (a typical report; the tokenizer pads to the longest report
