@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from lga_export.errors import Interrupted, LGAError, ValidationFailed
+from lga_export.errors import Interrupted, LGAError, ValidationFailed, one_line
 
 PresetOption = typer.Option(None, "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, vit_h, tiny, lite (LiteMedSAM).")
 CheckpointOption = typer.Option(None, "--checkpoint", "-c", help="LGA checkpoint (.safetensors) written by lga-export.",
@@ -50,11 +50,6 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:400] if text else type(exc).__name__
-
-
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """No traceback reaches a user: a bad input is one line and exit 2, a failed check exit 3,
     anything unforeseen one line and exit 1 (LGA_DEBUG=1 or --debug shows the traceback).
@@ -75,7 +70,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt as exc:
-            kept = _one_line(exc) if isinstance(exc, Interrupted) and str(exc) else "no partial output was kept"
+            kept = one_line(exc, 400) if isinstance(exc, Interrupted) and str(exc) else "no partial output was kept"
             typer.secho(f"interrupted; {kept}", err=True)
             raise typer.Exit(code=130) from None
         except (typer.Exit, typer.Abort, SystemExit):
@@ -91,13 +86,13 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if _debug():
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
-            typer.secho(f"error: {where}{exc.strerror or _one_line(exc)}; check the path, its permissions and the "
+            typer.secho(f"error: {where}{exc.strerror or one_line(exc, 400)}; check the path, its permissions and the "
                         f"free disk space", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
             if _debug():
                 raise
-            typer.secho(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with LGA_DEBUG=1 for the "
+            typer.secho(f"internal error: {type(exc).__name__}: {one_line(exc, 400)} (rerun with LGA_DEBUG=1 for the "
                         f"traceback, and please report it)", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=1) from None
         finally:

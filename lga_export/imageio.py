@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lga_export.errors import LGAError
+from lga_export.errors import LGAError, one_line
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -115,10 +115,6 @@ def _is_dicom(path: Path) -> bool:
         return handle.read(132)[128:] == b"DICM"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
 def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise LGAError(
@@ -153,7 +149,7 @@ def _load(path: Path, max_pixels: int) -> tuple[Image.Image, int, bool]:
                 return ImageOps.exif_transpose(image), bits, signed
     except Image.DecompressionBombError as exc:
         raise LGAError(
-            f"{path}: image too large to decode safely ({_one_line(exc)}); "
+            f"{path}: image too large to decode safely ({one_line(exc, 200)}); "
             f"downscale or crop it below {max_pixels:,} pixels"
         ) from exc
     except UnidentifiedImageError as exc:
@@ -161,7 +157,7 @@ def _load(path: Path, max_pixels: int) -> tuple[Image.Image, int, bool]:
             f"{path}: not an image file Pillow can read; give a PNG, JPEG, TIFF, BMP or DICOM (.dcm) file"
         ) from exc
     except _DECODE_ERRORS as exc:
-        reason = _one_line(exc)
+        reason = one_line(exc, 200)
         raise LGAError(f"{path}: damaged or truncated image data ({reason}); re-export or re-download it") from exc
 
 
@@ -207,7 +203,7 @@ def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("ignore", UserWarning)
             ds = pydicom.dcmread(path, force=True)  # force: .dcm files without the 128-byte preamble exist
     except Exception as exc:  # pydicom raises many types (InvalidDicomError, struct.error, ...) for bad files
-        raise LGAError(f"{path}: not a readable DICOM file ({_one_line(exc)}); re-export it") from exc
+        raise LGAError(f"{path}: not a readable DICOM file ({one_line(exc, 200)}); re-export it") from exc
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if "SOPClassUID" not in ds and "Rows" not in ds:
             raise LGAError(f"{path}: not a DICOM file (no DICOM elements found); give a PNG, JPEG, TIFF or DICOM file")
@@ -225,7 +221,7 @@ def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
         pixels = ds.pixel_array
     except Exception as exc:  # missing decoder (NotImplementedError, RuntimeError) or broken data (ValueError)
         raise LGAError(
-            f"{path}: cannot decode the DICOM pixel data ({_one_line(exc)}); "
+            f"{path}: cannot decode the DICOM pixel data ({one_line(exc, 200)}); "
             "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or decompress it (gdcmconv --raw)"
         ) from exc
     if pixels.ndim == 3:  # colour; pydicom has already converted YBR to RGB

@@ -332,6 +332,18 @@ def test_at_least_forty_cases() -> None:
     assert len(CASES) >= 40
 
 
+def test_one_line_keeps_any_message_to_one_bounded_line() -> None:
+    """The one helper every error message goes through: a multi-line trace (OpenVINO's, a child's
+    stderr) becomes one line, whole or its first or last line, cut at the limit; no text, the type."""
+    from lga_export.errors import one_line
+
+    trace = RuntimeError("Exception from src/core.cpp:42:\n  shape   mismatch [1,3]\n\nat frame 7\n")
+    assert one_line(trace) == "Exception from src/core.cpp:42: shape mismatch [1,3] at frame 7"
+    assert one_line(trace, lines="first") == "Exception from src/core.cpp:42:"
+    assert one_line(trace, lines="last") == "at frame 7" and one_line(trace, 9) == "Exception"
+    assert one_line(ValueError()) == "ValueError" and one_line(" \n ") == "" and one_line("", lines="last") == ""
+
+
 def test_unforeseen_error_is_one_line_exit_1_and_debug_shows_it(monkeypatch, world, tmp_path) -> None:
     import lga_export.predict as predict_module
 

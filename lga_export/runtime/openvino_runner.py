@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lga_export.config import LGAConfig
-from lga_export.errors import LGAError
+from lga_export.errors import LGAError, one_line
 from lga_export.runtime import compile_cache
 from lga_export.runtime.base import EXPORT, OPENVINO_IR, Runner, RunnerDescription
 from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, prune_cache, touch_cache_entry
@@ -313,9 +313,8 @@ class OpenVinoRunner(Runner):
         except LGAError:
             raise
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long C++ traces
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise LGAError(f"{path}: OpenVINO cannot compile it ({first}); re-export with lga-export onnx "
-                           f"--force") from None
+            raise LGAError(f"{path}: OpenVINO cannot compile it ({one_line(exc, 200, 'first')}); re-export with "
+                           f"lga-export onnx --force") from None
         if folder is not None:
             self._close_cache(graph, batch, config, folder, str(status), before)
         entry = (compiled, compiled.create_infer_request(), [port.get_any_name() for port in compiled.outputs])

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lga_export.config import LGAConfig
-from lga_export.errors import LGAError
+from lga_export.errors import LGAError, one_line
 from lga_export.runtime.base import EXPORT, ONNX, Runner, RunnerDescription
 from lga_export.runtime import compile_cache
 from lga_export.runtime.host import cache_root, cpu_identity, ensure_cache_dir, prune_cache, touch_cache_entry
@@ -45,10 +45,6 @@ SPINNING = False
 # measured to cut session start-up (see `optimized_model_path`).
 OPTIMIZED_CACHE = True
 OPTIMIZED_FILE = "model.onnx"  # the optimised graph inside its cache entry (no external data)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 CUDA = "CUDAExecutionProvider"
@@ -99,7 +95,7 @@ def cuda_provider_problem(ort, entry: Any = CUDA) -> str | None:
         used = ort.InferenceSession(_IDENTITY_ONNX, options,
                                     providers=[entry, "CPUExecutionProvider"]).get_providers()
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types
-        used, why = [], f" ({_first_line(exc)})"
+        used, why = [], f" ({one_line(exc, 200, 'first')})"
     else:
         why = ""
     if CUDA in used:
@@ -283,7 +279,7 @@ class OnnxRuntimeRunner(Runner):
                 touch_cache_entry(entry)
                 return session, "hit"
             except Exception as exc:  # noqa: BLE001 - verified but unloadable (another ORT build): rebuilt
-                reason = f"ONNX Runtime cannot load it ({_first_line(exc)})"
+                reason = f"ONNX Runtime cannot load it ({one_line(exc, 200, 'first')})"
                 compile_cache.discard(entry, reason)
                 status = "rebuilt"
         if reason:
@@ -295,8 +291,8 @@ class OnnxRuntimeRunner(Runner):
         try:
             return ort.InferenceSession(str(path), self.session_options(ort), providers=self.requested)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types for unreadable graphs
-            raise LGAError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)}); re-export with lga-export "
-                           f"onnx --force") from None
+            raise LGAError(f"{path}: ONNX Runtime cannot load it ({one_line(exc, 200, 'first')}); re-export with "
+                           f"lga-export onnx --force") from None
 
     def _session_writing_cache(self, ort, path: Path, entry: Path, key: dict[str, Any]) -> tuple[Any, bool]:
         """(session on the graph, whether its optimised model was saved as the sealed `entry`). The

@@ -48,7 +48,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from lga_export.errors import LGAError
+from lga_export.errors import LGAError, one_line
 from lga_export.serve import IMAGE_FIELD, RAY_MISSING, TEXT_FIELD, ray_available
 from lga_export.tokenization import is_blank
 
@@ -395,7 +395,7 @@ class LGADeployment:
         except LGAError as exc:
             return error(400, str(exc))
         except Exception as exc:  # noqa: BLE001 - one request's failure is answered, the replica stays
-            return error(500, f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})")
+            return error(500, f"internal error ({type(exc).__name__}: {one_line(str(exc))})")
         end = time.perf_counter()
         height, width = done.mask.shape
         timings = {"receive": (received - start) * 1000, "decode": (decoded - received) * 1000,
@@ -564,9 +564,7 @@ def deploy_failure(exc: BaseException) -> LGAError:
     cause = user_error_in(exc)
     if cause is not None:
         return LGAError(f"a replica could not start: {cause}")
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    last = lines[-1] if lines else type(exc).__name__
-    return LGAError(f"the deployment failed to start ({last[:300]}); see the Ray logs above")
+    return LGAError(f"the deployment failed to start ({one_line(exc, 300, 'last')}); see the Ray logs above")
 
 
 def get_json(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -636,7 +634,7 @@ def serve_forever(settings: ServeSettings, scaling: Scaling, host: str = "127.0.
     loopback needs `api_key` or `allow_no_auth`, checked before anything starts. `proxy_location`
     (PROXY_LOCATIONS) applies when this call starts Serve on the cluster, like host and port."""
     from lga_export.serve.auth import check_exposure, key_digest
-    from lga_export.serve.ray_cluster import one_line, ray_session
+    from lga_export.serve.ray_cluster import ray_session
 
     started = time.perf_counter()
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's start-up chatter; our lines say it

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lga_export.errors import LGAError
+from lga_export.errors import LGAError, one_line
 from lga_export.imageio import IMAGE_SUFFIXES, read_image
 
 
@@ -37,7 +37,7 @@ def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> np.ndar
         except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
             # a decoder tripping over a malformed header value (e.g. a DICOM NumberOfFrames of
             # "abc"): the upload's fault, so a 400 naming it, never a 500
-            detail = " ".join(str(exc).replace(str(path), name).split())[:200] or type(exc).__name__
+            detail = one_line(str(exc).replace(str(path), name), 200) or type(exc).__name__
             raise LGAError(f"{name}: cannot read this image ({type(exc).__name__}: {detail}); "
                            f"check the file or re-export it") from None
 

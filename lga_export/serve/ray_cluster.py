@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from lga_export.errors import LGAError, ValidationFailed
+from lga_export.errors import LGAError, ValidationFailed, one_line
 from lga_export.serve import RAY_MISSING, ray_available
 
 
@@ -162,10 +162,6 @@ def _token_notice(record: logging.LogRecord) -> bool:
     """Drop Ray's start-up notice that token authentication is on (it is, and nothing is wrong);
     its warning that authentication is off still shows."""
     return not record.getMessage().startswith("Token authentication is enabled")
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    return " ".join(str(exc).split())[:limit] or type(exc).__name__
 
 
 def check_source(backend: str | None, source: str | None, precision: str,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lga_export.errors import LGAError
+from lga_export.errors import LGAError, one_line
 from lga_export.fileio import atomic_dir
 
 LAST_DIR = "last"
@@ -74,7 +74,7 @@ def restore_state(out: Path, state: dict[str, Any], optimizer: torch.optim.Optim
         torch.set_rng_state(state["torch_rng"])
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise LGAError(f"{state_path}: the saved optimizer or RNG state does not load ({exc.__class__.__name__}: "
-                       f"{' '.join(str(exc).split())[:200]}); start again with --force") from None
+                       f"{one_line(str(exc), 200)}); start again with --force") from None
     return state["progress"]
 
 
