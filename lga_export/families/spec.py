@@ -1,0 +1,37 @@
+"""What a model family declares without PyTorch: the config arithmetic and checks that differ between
+families, and what its exported graphs keep in FP32. The config, the exporter, both quantisers and
+the lean runtime read this; `families/<name>_spec.py` holds each family's, `families/<name>.py` its
+torch builder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping
+
+if TYPE_CHECKING:
+    from lga_export.config import LGAConfig
+
+# Ops kept in FP32 inside FP16 graphs (both graphs: the text branch is every family's): normalisations
+# (LayerNorm and SAM's LayerNorm2d, which exports as ReduceMean/Pow/Sqrt/Div), softmax, and the text
+# pooling reductions.
+SHARED_FP16_FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Div",
+                        "Clip", "Max", "Resize", "Erf")
+# Module path (a regular expression over the PyTorch module scope the dynamo exporter records on
+# every node) of the fusion modules, which every family names `ffms`.
+FFM_SCOPE = r"^model\.ffms\."
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One family's torch-free declarations.
+
+    `int8_fp32_scopes`: module-path pattern -> why, the nodes ONNX Runtime's static INT8 keeps FP32;
+    `ov_int8_fp32_scopes`: the same for NNCF's OpenVINO INT8 (in the order recorded in manifests)."""
+
+    name: str
+    check: Callable[["LGAConfig"], None]  # raises LGAError for an architecture this family cannot build
+    grid_size: Callable[["LGAConfig"], int]  # side of the image-embedding grid
+    fusion_widths: Callable[["LGAConfig"], tuple[int, ...]]  # each FFM's width, the image-only one last
+    fp16_fp32_ops: tuple[str, ...]
+    int8_fp32_scopes: Mapping[str, str]
+    ov_int8_fp32_scopes: Mapping[str, str]
