@@ -83,6 +83,22 @@ def test_lga_checkpoint_round_trip_is_bit_exact(tmp_path, tiny_model):
     assert not list(tmp_path.glob(".*partial")), "no temporary file may be left behind"
 
 
+def test_a_checkpoint_records_its_family_and_one_from_before_the_field_loads_as_sam_vit():
+    """The shipped tiny model was saved before configs had a `family` (2026-11-29): its stored
+    config names none and it loads as SAM-ViT; the shipped lite model names tiny_vit."""
+    from lga_export.checkpoint import load_lga_config, read_checkpoint_metadata
+    from lga_export.loading import embedded_checkpoint
+    from lga_export.modeling.lga import LGA
+
+    old, lite = embedded_checkpoint("tiny"), embedded_checkpoint("lite")
+    if old is None or lite is None:
+        pytest.skip("this install ships no embedded models")
+    assert '"family"' not in read_checkpoint_metadata(old)["lga_config"]
+    assert load_lga_config(old).family == "sam_vit" and type(load_lga_checkpoint(old)) is LGA
+    assert '"family": "tiny_vit"' in read_checkpoint_metadata(lite)["lga_config"]
+    assert load_lga_config(lite).family == "tiny_vit"
+
+
 def test_checkpoint_does_not_copy_the_frozen_text_encoder(tmp_path, tiny_model):
     from safetensors import safe_open
 
