@@ -68,7 +68,7 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
             gc.collect()  # the traced program is large; free it before the next graph
             if fp16:
                 log(f"converting {spec.name} to FP16 ...")
-                files["fp16"][spec.name] = convert_to_fp16(files["fp32"][spec.name][0], tmp / spec.filename("fp16"), spec)
+                files["fp16"][spec.name] = convert_to_fp16(files["fp32"][spec.name][0], tmp / spec.filename("fp16"), spec, config.family)
             for precision in files:
                 check_graph(files[precision][spec.name][0], spec)
             log(f"  {spec.name}: {time.perf_counter() - start:.1f} s, checker passed")

@@ -2,8 +2,9 @@
 
 The dynamo exporter keeps the batch dimension symbolic through SAM's window partition and
 relative-position code (the legacy TorchScript exporter bakes it into constants). FP16
-graphs come from onnxconverter-common with LayerNorm, softmax, the pooling reductions and the
-final logits kept in FP32, and FP32 inputs/outputs.
+graphs come from onnxconverter-common with the ops the model family keeps in FP32
+(`FamilySpec.fp16_fp32_ops`: LayerNorm, softmax, the pooling reductions, ...), the text pooling
+and the final logits kept in FP32, and FP32 inputs/outputs.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ from pathlib import Path
 import torch
 
 from lga_export.contract import AXIS_BOUNDS, GraphSpec
+from lga_export.families import spec_of
 
 DEFAULT_OPSET = 18
 MAX_OPSET = 23  # the newest opset the dynamo exporter of the pinned torch writes (checked by a test)
-# Ops kept in FP32 inside FP16 graphs: normalisations (LayerNorm and SAM's LayerNorm2d,
-# which exports as ReduceMean/Pow/Sqrt/Div), softmax, and the text pooling reductions.
-FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Div",
-            "Clip", "Max", "Resize", "Erf"]
 
 
 def check_opset(opset: int) -> None:
@@ -85,16 +83,18 @@ def pooling_nodes(model) -> list[str]:
     return names
 
 
-def convert_to_fp16(source: Path, target: Path, spec: GraphSpec) -> list[Path]:
-    """FP16 weights and matrix products; FP32 for FP32_OPS, the final logits and the I/O."""
+def convert_to_fp16(source: Path, target: Path, spec: GraphSpec, family: str) -> list[Path]:
+    """FP16 weights and matrix products; FP32 for the ops `family` keeps (its `fp16_fp32_ops`),
+    the text pooling, the final logits and the I/O."""
     import onnx
     from onnxconverter_common import float16
 
     model = onnx.load(str(source))
     keep = output_chain(model, spec.output_names[0]) + pooling_nodes(model)
+    fp32_ops = list(spec_of(family).fp16_fp32_ops)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS,
+        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=fp32_ops,
                                                 node_block_list=keep, disable_shape_infer=True)
     del half.graph.value_info[:]  # stale FP32 annotations; the checker re-infers them
     _outputs_to_fp32(half)
