@@ -52,6 +52,11 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a bare checkout: the package is not installed there
     sys.path.insert(0, str(REPO))
+# Standard-library-only modules of the package (they travel with the working tree): safe to import
+# before preflight() has checked the third-party packages.
+from lga_export.errors import one_line  # noqa: E402
+from lga_export.fileio import atomic_file, sha256_file  # noqa: E402
+from lga_export.runtime.host import cpu_identity, disk_bytes, gpu_identity  # noqa: E402
 
 try:
     import numpy as np  # noqa: E402
@@ -71,8 +76,9 @@ COMPILE_VARIANT = "compile-fp32"
 # the list in a venv holding only the image's packages.
 RUN_REQUIREMENTS = {"numpy": "numpy", "torch": "torch", "torchvision": "torchvision", "safetensors": "safetensors",
                     "PIL": "pillow"}
-RUN_PROJECT_MODULES = ("lga_export.config", "lga_export.checkpoint", "lga_export.build", "lga_export.verify.parity",
-                       "lga_export.contract", "lga_export.preprocess")
+RUN_PROJECT_MODULES = ("lga_export.config", "lga_export.checkpoint", "lga_export.build", "lga_export.contract",
+                       "lga_export.verify.parity", "lga_export.preprocess", "lga_export.errors", "lga_export.fileio",
+                       "lga_export.runtime.host")
 NOT_CHECKED = [
     "TensorRT engines: not run by this check (TensorRT is not installed on the device and cannot be "
     "installed offline); benchmarks/gpu_check.sh builds and measures them on a GPU machine with access "
@@ -95,21 +101,9 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def array_sha256(array: np.ndarray) -> str:
     array = np.ascontiguousarray(array)
     return sha256_bytes(f"{array.dtype}|{array.shape}|".encode() + array.tobytes())
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def now() -> str:
@@ -118,9 +112,8 @@ def now() -> str:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (a reader, or a killed run, never leaves half a file)."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path, force=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def ensure_segment_anything(bundle: Path | None) -> None:
@@ -148,7 +141,8 @@ def preflight(bundle: Path) -> None:
             lacking = "" if exc.name in (None, module) else f", which needs the missing {exc.name}"
             missing.append(f"{module} (pip package {package}{lacking})")
         except Exception as exc:  # noqa: BLE001 - installed but broken, e.g. a native library that fails to load
-            missing.append(f"{module} (pip package {package}, broken: {type(exc).__name__}: {str(exc)[:120]})")
+            broken = one_line(str(exc), 120)
+            missing.append(f"{module} (pip package {package}, broken: {type(exc).__name__}: {broken})")
     if missing:
         raise CheckError(f"missing on this machine: {', '.join(missing)}; install them (the GPU image is "
                          f"expected to have them) or run where they are")
@@ -164,15 +158,11 @@ def preflight(bundle: Path) -> None:
 def image_graph_digest(model) -> str:
     """sha256 over every weight the image graph uses (all but the text branch): name, dtype,
     shape and bytes, so a rebuild on another machine is proven bitwise identical."""
-    import torch
+    from lga_export.checkpoint import hash_tensors
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("text_encoder."):
-            continue
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
+    hash_tensors(digest, ((name, tensor) for name, tensor in model.state_dict().items()
+                          if not name.startswith("text_encoder.")))
     return digest.hexdigest()
 
 
@@ -372,7 +362,7 @@ def prepare(bundle: Path, presets: list[str], count: int, seed: int, force: bool
                 "prepared_with": {"torch": torch.__version__, "numpy": np.__version__,
                                   "python": platform.python_version(), "machine": platform.machine()}}
         write_json(tmp / BUNDLE_JSON, info)
-        size = folder_bytes(tmp)
+        size = disk_bytes(tmp)
         if size > MAX_BUNDLE_BYTES:
             raise CheckError(f"the bundle would be {size / 2**20:.1f} MiB, over the {MAX_BUNDLE_BYTES >> 20} MiB "
                              f"limit; use fewer --samples")
@@ -401,11 +391,11 @@ def machine_info(device: str) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-                            "numpy": np.__version__, "cpu_threads": torch.get_num_threads()}
+                            "numpy": np.__version__, "cpu": cpu_identity()[0], "cpu_threads": torch.get_num_threads()}
     if device.startswith("cuda"):
         index = torch.device(device).index or 0
         props = torch.cuda.get_device_properties(index)
-        info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
+        info.update(**gpu_identity(index),
                     gpu_memory_gib=round(props.total_memory / 2**30, 1), multiprocessors=props.multi_processor_count,
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     for name in ("tensorrt", "onnxruntime"):
@@ -604,7 +594,7 @@ def measure_compiled(bundle: Path, preset: str, out: Path, args: argparse.Namesp
     if code != 0 or not result_file.is_file():
         tail = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
         return {"status": "skipped", "reason": f"torch.compile failed (exit {code}): "
-                f"{tail[-1][:300] if tail else 'no output'}", "seconds": seconds}
+                f"{one_line(tail[-1], 300) if tail else 'no output'}", "seconds": seconds}
     result = json.loads(result_file.read_text())
     result_file.unlink()
     log_file.unlink(missing_ok=True)
@@ -662,8 +652,8 @@ def run_preset(bundle: Path, preset: str, entry: dict[str, Any], out: Path, args
             result["variants"][variant] = measure_variant(model, inputs, variant, device, args.batch_list,
                                                           args.warmup, args.iters)
         except Exception as exc:  # noqa: BLE001 - one failed variant must not hide the others
-            result["variants"][variant] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500],
-                                           "passed": False}
+            reason = one_line(f"{type(exc).__name__}: {exc}", 500)
+            result["variants"][variant] = {"status": "failed", "reason": reason, "passed": False}
         log(f"    {summary_line(result['variants'][variant])}")
     del model
     if device.type == "cuda":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,11 +117,17 @@ def model_digest(model: nn.Module) -> str:
     """sha256 of the model's config and every weight (name, dtype, shape, bytes): what an
     export or engine records, so an artefact of another model is refused."""
     digest = hashlib.sha256(model.config.to_json().encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    hash_tensors(digest, model.state_dict().items())
+    return digest.hexdigest()
+
+
+def hash_tensors(digest: hashlib._Hash, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Feed `tensors` to `digest` by name (name, dtype, shape, bytes): one weight hash for the model
+    digest and the device check's image-graph digest, so both prove a bitwise-identical rebuild."""
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def _stored_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ def bundle(device_check, tmp_path_factory) -> Path:
 def test_prepare_writes_a_small_verified_bundle(device_check, bundle: Path) -> None:
     info = json.loads((bundle / "bundle.json").read_text())
     assert info["format"] == device_check.BUNDLE_FORMAT and list(info["presets"]) == ["tiny"]
-    assert device_check.folder_bytes(bundle) < device_check.MAX_BUNDLE_BYTES
+    assert device_check.disk_bytes(bundle) < device_check.MAX_BUNDLE_BYTES
     entry = info["presets"]["tiny"]
     assert entry["weights"]["kind"] == "checkpoint" and entry["weights"]["path"] == device_check.DEFAULT_CHECKPOINT
     assert entry["config"]["text_source"] == "learnable_query"  # no text backbone needed on the device

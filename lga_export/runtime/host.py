@@ -80,7 +80,9 @@ def cache_limit_bytes() -> int:
     return int(gigabytes * 2**30)
 
 
-def _size(entry: Path) -> int:
+def disk_bytes(entry: Path) -> int:
+    """Bytes of a file, or of the files under a folder; an entry that is itself a link counts 0
+    (what it points to is not this entry's)."""
     if entry.is_symlink():
         return 0
     if entry.is_file():
@@ -104,7 +106,7 @@ def prune_cache(root: Path, keep: Path | None = None, limit: int | None = None) 
 
     limit = cache_limit_bytes() if limit is None else limit
     try:
-        entries = [(p.stat().st_mtime, p, _size(p)) for p in root.iterdir()]
+        entries = [(p.stat().st_mtime, p, disk_bytes(p)) for p in root.iterdir()]
     except OSError:
         return []
     total = sum(size for _, _, size in entries)
