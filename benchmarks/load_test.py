@@ -25,8 +25,6 @@ import json
 import os
 import platform
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lga_export.runtime.host import cpu_identity
+from lga_export.serve.harness import ServeDidNotStart, ServeProcess
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = {
     "unbatched": "--max-batch 1",
@@ -47,16 +48,6 @@ DEFAULT_CONFIGS = {
 
 
 # --- the machine ---
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def load_average() -> list[float]:
     try:
@@ -129,63 +120,26 @@ def run_predict(args: argparse.Namespace, images: Path, table: Path, out: Path) 
 
 # --- the server ---
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def start_server(args: argparse.Namespace, options: str, log: Path) -> ServeProcess:
+    """`lga-export serve` on a free 127.0.0.1 port with this run's model, backend and CPUs, and
+    `options` (one configuration's serve options)."""
+    command = ["--cpus-per-replica", str(args.cpus_per_replica)]
+    if args.model is not None:
+        command += ["--model", str(args.model)]
+    if args.backend:
+        command += ["--backend", args.backend]
+    if args.num_cpus:
+        command += ["--num-cpus", str(args.num_cpus)]
+    return ServeProcess(command + shlex.split(options), key=os.environ.get("LGA_API_KEY"), log=log)
 
 
-class Server:
-    def __init__(self, args: argparse.Namespace, extra: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "lga_export.cli.main", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--cpus-per-replica", str(args.cpus_per_replica)]
-        if args.model is not None:
-            command += ["--model", str(args.model)]
-        if args.backend:
-            command += ["--backend", args.backend]
-        if args.num_cpus:
-            command += ["--num-cpus", str(args.num_cpus)]
-        command += shlex.split(extra)
-        self.command = command
-        self.log = log.open("w")
-        self.started = time.perf_counter()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.ready = threading.Event()
-        self.ready_line = ""
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.log.write(line)
-            self.log.flush()
-            self.lines.append(line.rstrip())
-            if "ready at" in line:
-                self.ready_line = line.strip()
-                self.ready.set()
-
-    def wait_ready(self, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.2):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"the server did not start:\n" + "\n".join(self.lines[-20:]))
-        return time.perf_counter() - self.started
-
-    def stop(self) -> dict[str, Any]:
-        start = time.perf_counter()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return {"exit_code": self.process.returncode, "shutdown_s": round(time.perf_counter() - start, 2)}
+def stop_server(server: ServeProcess | None) -> dict[str, Any]:
+    """Its exit code and how long SIGTERM took to end it."""
+    if server is None:
+        return {"exit_code": None, "shutdown_s": None}
+    start = time.perf_counter()
+    code = server.stop(120)
+    return {"exit_code": code, "shutdown_s": round(time.perf_counter() - start, 2)}
 
 
 # --- load ---
@@ -352,7 +306,8 @@ def plot(record: dict[str, Any], out: Path) -> list[str]:
     return ["throughput.png"]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The options, with the bounds a load test must keep (requests, duration, concurrency)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="export folder / engine folder / checkpoint (default: embedded)")
     parser.add_argument("--backend", help="runner (default: the one that fits --model)")
@@ -372,15 +327,13 @@ def main() -> int:
                         "OUT/results.json")
     args = parser.parse_args()
     if args.replot:
-        write(json.loads((args.out / "results.json").read_text()), args.out)
-        return 0
+        return args
     if args.images is not None and args.text_file is None:
         parser.error("--images needs --text-file")
     if args.requests < 1 or args.requests > 10_000 or args.duration <= 0 or args.duration > 600:
         parser.error("--requests must be 1..10000 and --duration 0..600 s (the test is bounded)")
     if max(args.concurrency) > 64 or min(args.concurrency) < 1:
         parser.error("--concurrency levels must be 1..64")
-
     from lga_export.errors import LGAError
     from lga_export.serve.client import require_loopback
 
@@ -389,62 +342,89 @@ def main() -> int:
             require_loopback(args.url)
     except LGAError as exc:
         parser.error(str(exc))
+    return args
+
+
+def new_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The record's header: when, what, the limits and the machine at the start."""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": str(args.model or "embedded default"),
+        "backend": args.backend or "default for the model",
+        "limits": {"requests": args.requests, "duration_s": args.duration, "concurrency": args.concurrency},
+        "environment": {"cpu_model": cpu_identity()[0], "logical_cores": os.cpu_count(), "load_average_start": load_average(),
+                        "platform": platform.platform(), "versions": versions()},
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+    }
+
+
+def load_inputs(images: Path, table: Path, predicted: Path) -> list[tuple[str, bytes, str, np.ndarray, bytes]]:
+    """(name, upload bytes, report, predict's mask, predict's PNG bytes) per image: what each
+    request sends and what its answer must equal."""
+    from lga_export.predict import collect_jobs
+
+    inputs = []
+    for path, report in collect_jobs(None, None, images, table):
+        expected_png = (predicted / f"{path.stem}_mask.png").read_bytes()
+        inputs.append((path.name, path.read_bytes(), report, np.asarray(Image.open(io.BytesIO(expected_png))),
+                       expected_png))
+    return inputs
+
+
+def run_config(args: argparse.Namespace, name: str, options: str, inputs: list,
+               record: dict[str, Any]) -> dict[str, Any]:
+    """One server configuration: start it (unless --url), warm it up, run every concurrency level, stop it."""
+    from lga_export.serve.client import Client
+
+    server = None
+    if args.url:
+        url, startup = args.url, None
+    else:
+        print(f"[{name}] starting lga-export serve {options} ...", flush=True)
+        server = start_server(args, options, args.out / f"server-{name}.log")
+        try:
+            startup = round(server.wait_ready(300), 2)
+        except ServeDidNotStart as exc:
+            raise SystemExit(str(exc)) from None
+        url = server.url
+        print(f"  {server.ready_line} (launch to ready {startup} s)", flush=True)
+    served = Client(url, api_key=os.environ.get("LGA_API_KEY")).get("/v1/model").json()
+    record.update(backend=served["backend"], precision=served["precision"], model_digest=served["model"])
+    result: dict[str, Any] = {"name": name, "options": options, "startup_s": startup,
+                              "ready_line": server.ready_line if server else None,
+                              "command": server.command if server else None, "levels": []}
+    try:
+        run_level(url, 2, 2, 60, inputs)  # warm-up: first requests pay one-time costs
+        for concurrency in args.concurrency:
+            before = load_average()
+            level = summarise(run_level(url, concurrency, args.requests, args.duration, inputs))
+            level.update(load_average_before=before, load_average_after=load_average())
+            result["levels"].append(level)
+            print(f"  c={concurrency}: {level['ok']} ok, {level['throughput']} img/s, p50 {level['p50_ms']} ms, "
+                  f"p99 {level['p99_ms']} ms, batch {level['mean_batch']}, errors {level['errors']}, "
+                  f"identical {level['masks_identical']}/{level['ok']}", flush=True)
+    finally:
+        result["shutdown"] = stop_server(server)
+    return result
+
+
+def main() -> int:
+    args = parse_args()
+    if args.replot:
+        write(json.loads((args.out / "results.json").read_text()), args.out)
+        return 0
     configs = dict(item.split("=", 1) for item in args.config) if args.config else dict(DEFAULT_CONFIGS)
     if args.url:
         configs = {"running server": "(started elsewhere)"}
     args.out.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": str(args.model or "embedded default"),
-        "backend": args.backend or "default for the model",
-        "limits": {"requests": args.requests, "duration_s": args.duration, "concurrency": args.concurrency},
-        "environment": {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "load_average_start": load_average(),
-                        "platform": platform.platform(), "versions": versions()},
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
-    }
+    record = new_record(args)
     with tempfile.TemporaryDirectory(prefix="lga-load-") as scratch_name:
         scratch = Path(scratch_name)
         images, table, record["images"] = prepare_images(args, scratch)
         print(f"predict baseline on {images} ...", flush=True)
         first = run_predict(args, images, table, scratch / "predict")
         print(f"  {first}", flush=True)
-        from lga_export.predict import collect_jobs
-
-        inputs = []
-        for path, report in collect_jobs(None, None, images, table):
-            expected_png = (scratch / "predict" / f"{path.stem}_mask.png").read_bytes()
-            inputs.append((path.name, path.read_bytes(), report, np.asarray(Image.open(io.BytesIO(expected_png))),
-                           expected_png))
-        record["configs"] = []
-        for name, options in configs.items():
-            server = None
-            if args.url:
-                url, startup = args.url, None
-            else:
-                print(f"[{name}] starting lga-export serve {options} ...", flush=True)
-                server = Server(args, options, args.out / f"server-{name}.log")
-                startup = round(server.wait_ready(300), 2)
-                url = server.url
-                print(f"  {server.ready_line} (launch to ready {startup} s)", flush=True)
-            from lga_export.serve.client import Client
-
-            served = Client(url, api_key=os.environ.get("LGA_API_KEY")).get("/v1/model").json()
-            record.update(backend=served["backend"], precision=served["precision"], model_digest=served["model"])
-            result: dict[str, Any] = {"name": name, "options": options, "startup_s": startup,
-                                      "ready_line": server.ready_line if server else None,
-                                      "command": server.command if server else None, "levels": []}
-            try:
-                run_level(url, 2, 2, 60, inputs)  # warm-up: first requests pay one-time costs
-                for concurrency in args.concurrency:
-                    before = load_average()
-                    level = summarise(run_level(url, concurrency, args.requests, args.duration, inputs))
-                    level.update(load_average_before=before, load_average_after=load_average())
-                    result["levels"].append(level)
-                    print(f"  c={concurrency}: {level['ok']} ok, {level['throughput']} img/s, p50 {level['p50_ms']} ms, "
-                          f"p99 {level['p99_ms']} ms, batch {level['mean_batch']}, errors {level['errors']}, "
-                          f"identical {level['masks_identical']}/{level['ok']}", flush=True)
-            finally:
-                result["shutdown"] = server.stop() if server else {"exit_code": None, "shutdown_s": None}
-            record["configs"].append(result)
+        inputs = load_inputs(images, table, scratch / "predict")
+        record["configs"] = [run_config(args, name, options, inputs, record) for name, options in configs.items()]
         print("predict baseline again (the machine's load drifts) ...", flush=True)
         last = run_predict(args, images, table, scratch / "predict-again")
         print(f"  {last}", flush=True)

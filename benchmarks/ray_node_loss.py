@@ -44,12 +44,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from lga_export.serve.harness import CLI, ServeDidNotStart, ServeProcess, free_port  # noqa: E402
 # Serve's proxy must answer its readiness check within 5 s by default; on a 2-core machine shared
 # with other work, starting several Ray nodes at once, it did not (the proxy was killed and the
 # server exited). Applies to this simulated cluster only; set before its raylets start.
 SLOW_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 REPLICA_CLASS = "LGASegmenter"
-CLI = [sys.executable, "-m", "lga_export.cli.main"]
 ACTOR_CLASS = "ChunkSegmenter"
 
 
@@ -342,52 +342,18 @@ def poll_health(port: int, start: float, stop: threading.Event, into: list[dict[
         stop.wait(0.5)
 
 
-class Server:
+class Server(ServeProcess):
     """`lga-export serve --address <cluster>` in a subprocess, its output in a log file."""
 
     def __init__(self, address: str, port: int, options: list[str], key_file: Path, log: Path) -> None:
-        self.command = [*CLI, "serve", "--address", address, "--host", "127.0.0.1", "--port", str(port), *options,
-                        "--api-key-file", str(key_file)]
-        self.log = log.open("w")
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env=env, cwd=REPO)
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(["--address", address, *options, "--api-key-file", str(key_file)], port=port, log=log,
+                         cwd=REPO)
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.log.write(line)
-            self.log.flush()
-            self.lines.append(line.rstrip())
-            if "ready at" in line:
-                self.ready.set()
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.5):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("lga-export serve did not come up:\n" + "\n".join(self.lines[-15:]))
-
-    def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-        return self.process.returncode
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    def wait_ready(self, timeout: float, tail: int = 15) -> float:
+        try:
+            return super().wait_ready(timeout, tail)
+        except ServeDidNotStart as exc:
+            raise SystemExit(str(exc)) from None
 
 
 def serve_experiment(args: argparse.Namespace, proxies: str, inputs: list[tuple[str, bytes, str]], reference: Path,

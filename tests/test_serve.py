@@ -42,6 +42,7 @@ pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip instal
 pytest.importorskip("multipart", reason="python-multipart is not installed (pip install \"lga-export[serve]\")")
 
 from lga_export.serve.client import Client, is_loopback, multipart, require_loopback  # noqa: E402
+from lga_export.serve.harness import ServeDidNotStart, ServeProcess  # noqa: E402
 
 # Ray Data sets its own deprecated DataContext fields internally; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -51,67 +52,6 @@ STARTUP_TIMEOUT_S = 240
 BODY_TIMEOUT_S = 8
 API_KEY = "lga-test-" + "3f9c2e71a4b85d60" * 2
 XRAYS = 8  # the done-when of issue #23: the same masks as predict for 8 sample X-rays
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """`lga-export serve` in a subprocess; its output is collected by a reader thread."""
-
-    def __init__(self, *args: str, key: str | None = None, ray_dir: str | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.key = key
-        command = [sys.executable, "-m", "lga_export.cli.main", "serve", "--port", str(self.port), *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("LGA_API_KEY", None)
-        if ray_dir is not None:
-            env["RAY_TMPDIR"] = ray_dir  # Ray's session folder (its logs) under a folder of this server's
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-            if "ready at" in line:
-                self.ready.set()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def client(self, **options) -> Client:
-        return Client(self.url, api_key=self.key, **options)
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.5):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"lga-export serve did not come up (exit {self.process.returncode}):\n{self.output[-3000:]}")
-
-    def stop(self, timeout: float = 90) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.reader.join(10)
-        return self.process.returncode
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +69,15 @@ def server(tmp_path_factory, ray_dir):
     key_file.chmod(0o600)
     from lga_export.loading import embedded_checkpoint
 
-    started = Server("--model", str(embedded_checkpoint("tiny")), "--num-cpus", "2", "--replicas", "1",
-                     "--max-batch", "4", "--batch-wait-ms", "30",
-                     "--max-request-mb", str(MAX_REQUEST_MB), "--body-timeout-s", str(BODY_TIMEOUT_S),
-                     "--api-key-file", str(key_file), key=API_KEY, ray_dir=str(ray_dir))
-    started.wait_ready(STARTUP_TIMEOUT_S)
+    started = ServeProcess(["--model", str(embedded_checkpoint("tiny")), "--num-cpus", "2", "--replicas", "1",
+                            "--max-batch", "4", "--batch-wait-ms", "30",
+                            "--max-request-mb", str(MAX_REQUEST_MB), "--body-timeout-s", str(BODY_TIMEOUT_S),
+                            "--api-key-file", str(key_file)], key=API_KEY,
+                           env={"LGA_API_KEY": None, "RAY_TMPDIR": str(ray_dir)})  # Ray's logs in a folder of its own
+    try:
+        started.wait_ready(STARTUP_TIMEOUT_S)
+    except ServeDidNotStart as exc:
+        pytest.fail(str(exc))
     yield started
     started.stop()
 

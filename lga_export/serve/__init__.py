@@ -7,6 +7,8 @@
 * `codec`: what both share with the runtime core: upload bytes -> `imageio.read_image`, mask ->
   PNG bytes (the bytes `predict` writes), and the model's identity (digest, config).
 * `client`: a stdlib HTTP client for the tests and the load test (loopback only by default).
+* `harness`: `lga-export serve` in a subprocess (free port, ready line, SIGTERM, its output) for the
+  tests and the benchmarks that drive a real server.
 
 Nothing here opens a model file or builds a feed: runners come from
 `lga_export.runtime.registry.open_runner` and masks from `lga_export.runtime.pipeline.Segmenter`.
