@@ -88,10 +88,17 @@ def test_cuda_provider_listed_but_shadowed_is_refused(export, monkeypatch):
 
 
 def test_latency_measure_records_device_times_only_with_a_stream():
+    """A runner with a timing stream reports each iteration's device time (read after it, warm-up
+    excluded): they are summarised as device_ms; without one (None) there is no device_ms."""
     from lga_export.bench.timing import measure
 
     latency = measure(lambda: sum(range(1000)), lambda: None, batch=1, warmup=1, iters=3)
     assert latency.device_ms is None and len(latency.times_ms) == 3
+    assert measure(lambda: None, lambda: None, batch=1, warmup=1, iters=3, device_time=lambda: None).device_ms is None
+    reported = iter([2.0, 4.0, 9.0])
+    timed = measure(lambda: None, lambda: None, batch=2, warmup=1, iters=3, device_time=lambda: next(reported))
+    assert timed.device_ms["times_ms"] == [2.0, 4.0, 9.0] and timed.device_ms["p50_ms"] == 4.0
+    assert timed.device_ms["mean_ms"] == 5.0 and timed.device_ms["throughput"] == 400.0  # 2 images / 5 ms
 
 
 @pytest.mark.gpu
