@@ -136,17 +136,7 @@ def _model_to_fine_tune(path: Path, config: LGAConfig | None, sam_checkpoint: Pa
 
 
 def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Path | None) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from lga_export.build import build_lga
-    from lga_export.checkpoint import load_lga_checkpoint, load_sam_checkpoint, save_lga_checkpoint
-    from lga_export.data.dataset import SegmentationDataset, collate
     from lga_export.data.lvit import index_split
-    from lga_export.training.evaluate import score_samples, summarize
-    from lga_export.training.schedule import lr_at
-    from lga_export.training.state import load_last_state, restore_state, save_last_state
-    from lga_export.training.prefix_cache import PrefixCache, supports_prefix_cache
-    from lga_export.training.text_cache import TextEmbedder
 
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
@@ -158,33 +148,68 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
     val_samples = val_index.samples[: settings.val_limit]
 
     torch.manual_seed(settings.seed)
-    state = None
+    model, config, state = _starting_model(config, settings, sam_checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Run(model, config, settings, train_samples, val_samples, state)
+    run_info = {"config": json.loads(config.to_json()), "settings": {k: str(v) if isinstance(v, Path) else v
+                for k, v in dataclasses.asdict(settings).items()},
+                "train_samples": len(train_samples), "val_samples": len(val_samples),
+                "skipped": {**train_index.skipped, **val_index.skipped},
+                "steps_per_epoch": run.steps_per_epoch, "total_steps": run.total_steps,
+                "trainable_parameters": sum(p.numel() for p in run.params)}
+    log.info("training %s: %d train / %d val samples, %d steps", config.preset, len(train_samples),
+             len(val_samples), run.stop_at)
+    run.run()
+    progress = run.progress
+    summary = {**run_info, "steps_done": progress["step"], "best_val_dice": progress["best_dice"],
+               "best_step": progress["best_step"], "elapsed_s": round(progress["elapsed_s"], 1),
+               "final": progress["history"][-1] if progress["history"] else None,
+               "best_checkpoint": str(out / BEST_FILE)}
+    _write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _starting_model(config: LGAConfig | None, settings: TrainSettings,
+                    sam_checkpoint: Path | None) -> tuple[Any, LGAConfig, dict[str, Any] | None]:
+    """(model, its config, the saved `last` state): the saved run's on --resume (refused when the
+    options change its model), the checkpoint's with --init-from, else a fresh build."""
+    from lga_export.build import build_lga
+    from lga_export.checkpoint import load_lga_checkpoint, load_sam_checkpoint
+    from lga_export.training.state import load_last_state
+
     if settings.resume:
-        model_path, state = load_last_state(out)
+        model_path, state = load_last_state(Path(settings.out))
         model = load_lga_checkpoint(model_path)
         if config is not None and config != model.config:
             changed = [k for k in dataclasses.asdict(config) if getattr(config, k) != getattr(model.config, k)]
             raise LGAError(f"--resume continues the saved {model.config.preset} model; the options change "
                            f"{changed} - drop them, or start over with --force")
-        config = model.config
-    elif settings.init_from is not None:
+        return model, model.config, state
+    if settings.init_from is not None:
         model = _model_to_fine_tune(Path(settings.init_from), config, sam_checkpoint)
-        config = model.config
-    else:
-        model = build_lga(config)
-        if sam_checkpoint:
-            load_sam_checkpoint(model, sam_checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise LGAError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    progress: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": -1, "history": [], "steps": [],
-                                "elapsed_s": 0.0}
+        return model, model.config, None
+    model = build_lga(config)
+    if sam_checkpoint:
+        load_sam_checkpoint(model, sam_checkpoint)
+    return model, config, None
+
+
+def _recipe(settings: TrainSettings) -> dict[str, Any]:
+    """The options a --resume must repeat, as saved with the run's progress."""
     recipe = {k: getattr(settings, k) for k in _RECIPE_FIELDS}
     recipe["data"] = str(Path(settings.data).resolve())
     recipe["init_from"] = str(Path(settings.init_from).resolve()) if settings.init_from else None
+    return recipe
+
+
+def _start_progress(out: Path, state: dict[str, Any] | None, optimizer: torch.optim.Optimizer,
+                    recipe: dict[str, Any]) -> dict[str, Any]:
+    """Fresh progress, or on --resume the saved run's (with its optimizer state restored), refused
+    when the recipe changed since it was saved."""
+    from lga_export.training.state import restore_state
+
+    progress: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": -1, "history": [], "steps": [],
+                                "elapsed_s": 0.0}
     if state is not None:
         saved = state["progress"].get("recipe", {})
         changed = {k: (saved[k], recipe[k]) for k in recipe if k in saved and saved[k] != recipe[k]}
@@ -193,99 +218,136 @@ def _train(config: LGAConfig | None, settings: TrainSettings, sam_checkpoint: Pa
                            ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
         progress = restore_state(out, state, optimizer)
     progress["recipe"] = recipe
+    return progress
 
-    embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
-    dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed)
-    train_prefixes = val_prefixes = None
-    if settings.prefix_cache and not settings.augment and supports_prefix_cache(model):
-        train_prefixes = PrefixCache(model, train_samples, out / "prefix_cache", "train")
-        val_prefixes = PrefixCache(model, val_samples, out / "prefix_cache", "val")
-        log.info("caching the frozen encoder stages before the first FFM in %s", out / "prefix_cache")
-    steps_per_epoch = max(1, len(dataset) // settings.batch_size)  # drop_last: equal batches
-    total_steps = settings.epochs * steps_per_epoch
-    stop_at = min(total_steps, settings.max_steps) if settings.max_steps else total_steps
-    run_info = {"config": json.loads(config.to_json()), "settings": {k: str(v) if isinstance(v, Path) else v
-                for k, v in dataclasses.asdict(settings).items()},
-                "train_samples": len(train_samples), "val_samples": len(val_samples),
-                "skipped": {**train_index.skipped, **val_index.skipped},
-                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                "trainable_parameters": sum(p.numel() for p in params)}
-    log.info("training %s: %d train / %d val samples, %d steps", config.preset, len(train_samples),
-             len(val_samples), stop_at)
 
-    def checkpoint_last() -> None:
-        for cache in (train_prefixes, val_prefixes):
+class _Run:
+    """What the step loop, validation and the `last` checkpoint of one run share: the model, its
+    optimizer, text and prefix caches, the schedule's lengths and the progress saved in `last`."""
+
+    def __init__(self, model, config: LGAConfig, settings: TrainSettings, train_samples: list, val_samples: list,
+                 state: dict[str, Any] | None) -> None:
+        from lga_export.data.dataset import SegmentationDataset
+        from lga_export.training.prefix_cache import PrefixCache, supports_prefix_cache
+        from lga_export.training.text_cache import TextEmbedder
+
+        self.model, self.settings, self.val_samples = model, settings, val_samples
+        self.out = out = Path(settings.out)
+        model.train()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise LGAError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.progress = _start_progress(out, state, self.optimizer, _recipe(settings))
+        self.embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
+        self.dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed)
+        self.train_prefixes = self.val_prefixes = None
+        if settings.prefix_cache and not settings.augment and supports_prefix_cache(model):
+            self.train_prefixes = PrefixCache(model, train_samples, out / "prefix_cache", "train")
+            self.val_prefixes = PrefixCache(model, val_samples, out / "prefix_cache", "val")
+            log.info("caching the frozen encoder stages before the first FFM in %s", out / "prefix_cache")
+        self.steps_per_epoch = max(1, len(self.dataset) // settings.batch_size)  # drop_last: equal batches
+        self.total_steps = settings.epochs * self.steps_per_epoch
+        self.stop_at = min(self.total_steps, settings.max_steps) if settings.max_steps else self.total_steps
+
+    def checkpoint_last(self) -> None:
+        from lga_export.training.state import save_last_state
+
+        for cache in (self.train_prefixes, self.val_prefixes):
             if cache is not None:
                 cache.flush()
-        save_last_state(out, model, optimizer, progress)
+        save_last_state(self.out, self.model, self.optimizer, self.progress)
 
-    def validate(epoch: float, train_loss: float) -> None:
-        scores = score_samples(model, embedder, val_samples, settings.eval_batch_size, prefixes=val_prefixes,
-                               bf16=settings.bf16)
+    def validate(self, epoch: float, train_loss: float) -> None:
+        """Score the validation split, record the row, and save best.safetensors on a better Dice."""
+        from lga_export.checkpoint import save_lga_checkpoint
+        from lga_export.training.evaluate import score_samples, summarize
+        from lga_export.training.schedule import lr_at
+
+        settings, progress = self.settings, self.progress
+        scores = score_samples(self.model, self.embedder, self.val_samples, settings.eval_batch_size,
+                               prefixes=self.val_prefixes, bf16=settings.bf16)
         summary = summarize(scores)
         row = {"epoch": round(epoch, 3), "step": progress["step"], "train_loss": round(train_loss, 6),
                "val_dice": round(summary["dice"], 6), "val_miou": round(summary["miou"], 6),
-               "lr": lr_at(max(0, progress["step"] - 1), settings.lr, settings.warmup_steps, total_steps),
+               "lr": lr_at(max(0, progress["step"] - 1), settings.lr, settings.warmup_steps, self.total_steps),
                "elapsed_s": round(progress["elapsed_s"], 1)}
         progress["history"].append(row)
         if summary["dice"] > progress["best_dice"]:
             progress["best_dice"], progress["best_step"] = summary["dice"], progress["step"]
-            save_lga_checkpoint(model, out / BEST_FILE, force=True,
+            save_lga_checkpoint(self.model, self.out / BEST_FILE, force=True,
                                 metadata={"step": str(progress["step"]), "epoch": str(row["epoch"]),
                                           "val_dice": f"{summary['dice']:.6f}", "val_miou": f"{summary['miou']:.6f}",
                                           "data": str(settings.data)})
-        _write_metrics(out, progress["history"], progress["steps"])
+        _write_metrics(self.out, progress["history"], progress["steps"])
         log.info("epoch %.2f step %d: loss %.4f val Dice %.4f mIoU %.4f", epoch, progress["step"], train_loss,
                  summary["dice"], summary["miou"])
 
-    started = time.monotonic() - progress["elapsed_s"]
-    bar = tqdm(total=stop_at, initial=progress["step"], desc="train", disable=not settings.progress,
-               dynamic_ncols=True)
-    try:
-        while progress["step"] < stop_at:
-            epoch = progress["step"] // steps_per_epoch
-            skip = progress["step"] - epoch * steps_per_epoch  # resume mid-epoch
-            dataset.set_epoch(epoch)
-            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(settings.seed * 7919 + epoch))
-            order = order[: steps_per_epoch * settings.batch_size][skip * settings.batch_size:].tolist()
-            loader = DataLoader(Subset(dataset, order), batch_size=settings.batch_size, shuffle=False,
-                                collate_fn=collate, drop_last=True)
-            losses: list[float] = []
-            for batch in loader:
-                step = progress["step"]
-                lr = lr_at(step, settings.lr, settings.warmup_steps, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = train_step(model, optimizer, embedder, batch, params, settings.grad_clip, train_prefixes,
-                                  settings.bf16)
-                if not math.isfinite(loss.item()):
-                    raise LGAError(f"the loss became {loss.item()} at step {step}; lower --lr")
-                progress["step"] = step + 1
-                progress["elapsed_s"] = time.monotonic() - started
-                losses.append(loss.item())
-                if progress["step"] % settings.log_every == 0 or progress["step"] == 1:
-                    recent = losses[-settings.log_every:]
-                    progress["steps"].append({"step": progress["step"], "loss": sum(recent) / len(recent), "lr": lr})
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-                end_of_epoch = progress["step"] % steps_per_epoch == 0
-                if end_of_epoch or progress["step"] >= stop_at or (
-                        settings.val_every and progress["step"] % settings.val_every == 0):
-                    validate(progress["step"] / steps_per_epoch, sum(losses) / len(losses))
-                    checkpoint_last()
-                    if progress["step"] >= stop_at:
-                        break
-                elif progress["step"] % settings.save_every == 0:
-                    checkpoint_last()
-    except KeyboardInterrupt:
-        checkpoint_last()
+    def run(self) -> None:
+        """Train up to `stop_at`; Ctrl-C saves `last` and ends in Interrupted."""
+        from tqdm import tqdm
+
+        started = time.monotonic() - self.progress["elapsed_s"]
+        bar = tqdm(total=self.stop_at, initial=self.progress["step"], desc="train",
+                   disable=not self.settings.progress, dynamic_ncols=True)
+        try:
+            while self.progress["step"] < self.stop_at:
+                self._epoch(started, bar)
+        except KeyboardInterrupt:
+            self.checkpoint_last()
+            bar.close()
+            raise Interrupted(f"stopped at step {self.progress['step']}; the state is saved in {self.out / 'last'}: "
+                              f"rerun with --resume") from None
         bar.close()
-        raise Interrupted(f"stopped at step {progress['step']}; the state is saved in {out / 'last'}: rerun with "
-                          f"--resume") from None
-    bar.close()
-    summary = {**run_info, "steps_done": progress["step"], "best_val_dice": progress["best_dice"],
-               "best_step": progress["best_step"], "elapsed_s": round(progress["elapsed_s"], 1),
-               "final": progress["history"][-1] if progress["history"] else None,
-               "best_checkpoint": str(out / BEST_FILE)}
-    _write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+
+    def _loader(self) -> DataLoader:
+        """The current epoch's batches in its seeded order, from the current step (resume mid-epoch)."""
+        from lga_export.data.dataset import collate
+
+        settings = self.settings
+        epoch = self.progress["step"] // self.steps_per_epoch
+        skip = self.progress["step"] - epoch * self.steps_per_epoch
+        self.dataset.set_epoch(epoch)
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(settings.seed * 7919 + epoch))
+        order = order[: self.steps_per_epoch * settings.batch_size][skip * settings.batch_size:].tolist()
+        return DataLoader(Subset(self.dataset, order), batch_size=settings.batch_size, shuffle=False,
+                          collate_fn=collate, drop_last=True)
+
+    def _epoch(self, started: float, bar) -> None:
+        """The rest of the current epoch, step by step, until its end or `stop_at`."""
+        from lga_export.training.schedule import lr_at
+
+        settings, progress = self.settings, self.progress
+        losses: list[float] = []
+        for batch in self._loader():
+            step = progress["step"]
+            lr = lr_at(step, settings.lr, settings.warmup_steps, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss = train_step(self.model, self.optimizer, self.embedder, batch, self.params, settings.grad_clip,
+                              self.train_prefixes, settings.bf16)
+            if not math.isfinite(loss.item()):
+                raise LGAError(f"the loss became {loss.item()} at step {step}; lower --lr")
+            progress["step"] = step + 1
+            progress["elapsed_s"] = time.monotonic() - started
+            losses.append(loss.item())
+            if progress["step"] % settings.log_every == 0 or progress["step"] == 1:
+                recent = losses[-settings.log_every:]
+                progress["steps"].append({"step": progress["step"], "loss": sum(recent) / len(recent), "lr": lr})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            if self._after_step(losses):
+                break
+
+    def _after_step(self, losses: list[float]) -> bool:
+        """Validate and save `last` at an epoch's end, at `stop_at` and every --val-every steps, else
+        save every --save-every steps; True when the run is done."""
+        step, settings = self.progress["step"], self.settings
+        if step % self.steps_per_epoch == 0 or step >= self.stop_at or (
+                settings.val_every and step % settings.val_every == 0):
+            self.validate(step / self.steps_per_epoch, sum(losses) / len(losses))
+            self.checkpoint_last()
+            return step >= self.stop_at
+        if step % settings.save_every == 0:
+            self.checkpoint_last()
+        return False
