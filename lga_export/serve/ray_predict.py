@@ -71,12 +71,10 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
     `workers` runner actors (each reserving an equal share of the cluster's CPUs, or one GPU per
     actor with a CUDA device); `address` joins a Ray cluster, default a local Ray instance.
     """
-    from tqdm import tqdm
-
+    from lga_export.fileio import atomic_files
     from lga_export.imageio import read_image
     from lga_export.predict import check_out, collect_jobs, output_names
-    from lga_export.runtime.registry import thread_options
-    from lga_export.serve.ray_cluster import check_source, import_ray, one_line, ray_session, user_error_in
+    from lga_export.serve.ray_cluster import check_source, import_ray, ray_session
 
     if batch_size < 1:
         raise LGAError(f"--batch-size must be at least 1, not {batch_size}")
@@ -90,51 +88,75 @@ def predict_files_ray(model_ref: Path | None, *, image: Path | None = None, text
     # verdict); on a cluster each actor's machine checks itself when its runner opens.
     backend, device = check_source(backend, source, precision, device, self_check=self_check if not address else None)
     names = [name for path, _ in jobs for name in output_names(path)]
-    from lga_export.fileio import atomic_files
-
+    actor = {"backend": backend, "source": source, "precision": precision, "device": device,
+             "threshold": threshold, "self_check": self_check}
     with atomic_files(out, names, force=force) as staged:
         rgbs = [read_image(path) for path, _ in jobs]  # every image readable before any inference
         with ray_session(address, num_cpus) as ray:
-            import ray.data
-
-            gpu = str(device).startswith("cuda")
-            cpus = 1.0 if gpu else max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // workers)))
-            options = {} if gpu else thread_options(backend, int(cpus))  # the actor's share of the CPUs
-            chunks = [list(range(start, min(start + batch_size, len(jobs)))) for start in range(0, len(jobs), batch_size)]
-            context = ray.data.DataContext.get_current()
-            context.enable_progress_bars = False  # ours counts images below
-            logging.getLogger("ray.data").setLevel(logging.WARNING)  # execution-plan chatter
-            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-            rows = [{"chunk": pickle.dumps((chunk, [rgbs[i] for i in chunk], [jobs[i][1] for i in chunk]), protocol=5)}
-                    for chunk in chunks]  # the chunk travels in the dataset: no shared file system needed
-            dataset = ray.data.from_items(rows, override_num_blocks=len(chunks))
-            dataset = dataset.map_batches(
-                ChunkSegmenter, batch_size=1, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
-                num_cpus=cpus, num_gpus=1 if gpu else 0,
-                fn_constructor_kwargs={"backend": backend, "source": source, "precision": precision, "device": device,
-                                       "threshold": threshold, "options": options, "self_check": self_check})
-            done: set[int] = set()
-            try:
-                with tqdm(total=len(jobs), desc="predict (ray)", unit="image", disable=not progress) as bar:
-                    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                        bad = [jobs[i][0].name for i, ok in zip(batch["index"], batch["finite"]) if not ok]
-                        if bad:
-                            raise ValidationFailed(f"the model produced NaN/Inf logits for {bad[:3]}; nothing was "
-                                                   f"written - check the checkpoint's weights (re-export or retrain it)")
-                        for index, mask, picture in zip(batch["index"], batch["mask_png"], batch["overlay_png"]):
-                            mask_name, overlay_name = output_names(jobs[int(index)][0])
-                            staged[mask_name].write_bytes(bytes(mask))
-                            staged[overlay_name].write_bytes(bytes(picture))
-                            done.add(int(index))
-                        bar.update(len(batch["index"]))
-            except LGAError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Ray wraps what failed remotely
-                cause = user_error_in(exc)
-                if cause is not None:
-                    raise type(cause)(str(cause)) from None
-                raise LGAError(f"the Ray job failed ({one_line(exc)})") from None
-            if len(done) != len(jobs):
-                raise LGAError(f"the Ray job returned {len(done)} of {len(jobs)} images; nothing was written")
+            dataset = _chunk_dataset(ray, jobs, rgbs, batch_size, workers, actor)
+            done = _write_outputs(dataset, jobs, staged, progress)
+            if done != len(jobs):
+                raise LGAError(f"the Ray job returned {done} of {len(jobs)} images; nothing was written")
     return [out / name for name in names]
+
+
+def _chunk_dataset(ray, jobs: list, rgbs: list[np.ndarray], batch_size: int, workers: int, actor: dict[str, Any]):
+    """Predict's chunks of `batch_size` as the rows of a Ray dataset (each carries its images, so no
+    shared file system is needed), mapped by a pool of `workers` ChunkSegmenter actors given the
+    `actor` options (backend, source, precision, device, threshold, self_check) and an equal share of
+    the cluster's CPUs, or one GPU each on a CUDA device."""
+    import ray.data
+
+    from lga_export.runtime.registry import thread_options
+
+    gpu = str(actor["device"]).startswith("cuda")
+    cpus = 1.0 if gpu else max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // workers)))
+    options = {} if gpu else thread_options(actor["backend"], int(cpus))  # the actor's share of the CPUs
+    chunks = [list(range(start, min(start + batch_size, len(jobs)))) for start in range(0, len(jobs), batch_size)]
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts images below
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # execution-plan chatter
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    rows = [{"chunk": pickle.dumps((chunk, [rgbs[i] for i in chunk], [jobs[i][1] for i in chunk]), protocol=5)}
+            for chunk in chunks]  # the chunk travels in the dataset: no shared file system needed
+    dataset = ray.data.from_items(rows, override_num_blocks=len(chunks))
+    return dataset.map_batches(
+        ChunkSegmenter, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
+        num_cpus=cpus, num_gpus=1 if gpu else 0,
+        fn_constructor_kwargs={"backend": actor["backend"], "source": actor["source"],
+                               "precision": actor["precision"], "device": actor["device"],
+                               "threshold": actor["threshold"], "options": options,
+                               "self_check": actor["self_check"]})
+
+
+def _write_outputs(dataset, jobs: list, staged: dict[str, Path], progress: bool) -> int:
+    """Write each returned mask and overlay PNG into its staged file; returns how many images came
+    back. NaN/Inf logits fail the run; an error raised in an actor is re-raised as the user's own."""
+    from tqdm import tqdm
+
+    from lga_export.predict import output_names
+    from lga_export.serve.ray_cluster import one_line, user_error_in
+
+    done: set[int] = set()
+    try:
+        with tqdm(total=len(jobs), desc="predict (ray)", unit="image", disable=not progress) as bar:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                bad = [jobs[i][0].name for i, ok in zip(batch["index"], batch["finite"]) if not ok]
+                if bad:
+                    raise ValidationFailed(f"the model produced NaN/Inf logits for {bad[:3]}; nothing was "
+                                           f"written - check the checkpoint's weights (re-export or retrain it)")
+                for index, mask, picture in zip(batch["index"], batch["mask_png"], batch["overlay_png"]):
+                    mask_name, overlay_name = output_names(jobs[int(index)][0])
+                    staged[mask_name].write_bytes(bytes(mask))
+                    staged[overlay_name].write_bytes(bytes(picture))
+                    done.add(int(index))
+                bar.update(len(batch["index"]))
+    except LGAError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray wraps what failed remotely
+        cause = user_error_in(exc)
+        if cause is not None:
+            raise type(cause)(str(cause)) from None
+        raise LGAError(f"the Ray job failed ({one_line(exc)})") from None
+    return len(done)
