@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,15 +22,16 @@ import numpy as np
 from lga_export.bench.cases import REFERENCE, Case, export_needs, parse_list, plan_cases
 from lga_export.bench.gates import check_gates
 from lga_export.bench.machine import DeviceMemory, machine_info, peak_rss_mb, release_device_memory
+from lga_export.bench.results import BatchFigures, BenchResults, CaseResult, Compute, GroundTruth, SkippedCase
 from lga_export.bench.timing import measure
-from lga_export.errors import LGAError, ValidationFailed
+from lga_export.errors import LGAError, ValidationFailed, one_line
 from lga_export.contract import IMAGE_GRAPH, PRECISIONS, TEXT_GRAPH, image_feeds, tolerance
 from lga_export.fileio import atomic_dir
 from lga_export.verify.metrics import score_logits
 from lga_export.runtime.sample_runs import run_samples
 from lga_export.verify.comparator import Outputs, compare_outputs
 from lga_export.runtime.pipeline import Segmenter
-from lga_export.runtime.base import CHECKPOINT, ENGINES, EXPORT
+from lga_export.runtime.base import CHECKPOINT, ENGINES, EXPORT, RunnerDescription
 from lga_export.runtime.registry import backend_names, canonical_backend, runner_class
 from lga_export.samples import check_data_root
 from lga_export.versions import library_versions
@@ -62,11 +63,12 @@ class BenchSettings:
     self_check: bool = True  # reduced precisions check themselves on first use here (recorded; a failure fails the gate)
 
     def checked(self) -> "BenchSettings":
-        self.backends = parse_list(self.backends, backend_names(), "backend", canonical_backend)  # aliases too
-        self.precisions = parse_list(self.precisions, PRECISIONS, "precision")
+        """A copy with canonical backend names, known precisions and sorted batch sizes; refuses
+        values out of range (this object is left as it is)."""
+        backends = parse_list(self.backends, backend_names(), "backend", canonical_backend)  # aliases too
+        precisions = parse_list(self.precisions, PRECISIONS, "precision")
         if not self.batches or any(b < 1 for b in self.batches):
             raise LGAError(f"--batch needs positive sizes, not {self.batches}")
-        self.batches = sorted(set(self.batches))
         if self.samples < 1 or self.iters < 1 or self.warmup < 0:
             raise LGAError("--samples and --iters must be >= 1 and --warmup >= 0")
         if self.threads is not None and self.threads < 1:
@@ -76,7 +78,7 @@ class BenchSettings:
         if self.min_dice_agreement is not None and not 0.0 <= self.min_dice_agreement <= 1.0:
             raise LGAError(f"--min-dice-agreement must lie in 0..1, not {self.min_dice_agreement}")
         check_data_root(self.data_root)
-        return self
+        return replace(self, backends=backends, precisions=precisions, batches=sorted(set(self.batches)))
 
 
 def _device(requested: str | None) -> str:
@@ -105,8 +107,7 @@ def check_ort_providers(settings: BenchSettings) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+    return f"{type(exc).__name__}: {one_line(str(exc), 300, 'first')}"
 
 
 def _tiled(samples: list, count: int) -> list:
@@ -139,7 +140,7 @@ def _latencies(runner, segmenter: Segmenter, ctx: _Context, batch: int) -> dict[
     }
 
 
-def _ground_truth(logits: np.ndarray, samples: list) -> dict[str, Any]:
+def _ground_truth(logits: np.ndarray, samples: list) -> GroundTruth:
     """Mean Dice and mIoU against the labels, over the samples that have one."""
     scores = [score_logits(l, s.mask) for l, s in zip(logits, samples) if s.mask is not None]
     if not scores:
@@ -148,10 +149,10 @@ def _ground_truth(logits: np.ndarray, samples: list) -> dict[str, Any]:
             "gt_miou": float(np.mean([i for _, i in scores]))}
 
 
-def _run_case(case: Case, runner, ctx: _Context, progress) -> dict[str, Any]:
+def _run_case(case: Case, runner, ctx: _Context, progress) -> CaseResult:
     """Parity (the comparator's, end to end) and latency of one activated runner at every batch size."""
     segmenter = Segmenter(runner)
-    batches: dict[str, Any] = {}
+    batches: dict[str, BatchFigures] = {}
     for batch in ctx.settings.batches:
         progress.set_postfix_str(f"{case.label} batch {batch}")
         outputs = run_samples(runner, ctx.samples, batch, segmenter=segmenter)
@@ -164,8 +165,8 @@ def _run_case(case: Case, runner, ctx: _Context, progress) -> dict[str, Any]:
         timing = _latencies(runner, segmenter, ctx, batch)
         if ctx.memory is not None:
             ctx.memory.sample()
-        figures: dict[str, Any] = {"parity": pair.to_dict(), "ground_truth": _ground_truth(outputs.logits, ctx.samples),
-                                   "latency": {part: lat.to_dict() for part, lat in timing.items()}}
+        figures: BatchFigures = {"parity": pair.to_dict(), "ground_truth": _ground_truth(outputs.logits, ctx.samples),
+                                 "latency": {part: lat.to_dict() for part, lat in timing.items()}}
         if case == REFERENCE:
             ctx.reference_latency[batch] = {part: lat.p50_ms for part, lat in timing.items()}
         ref = ctx.reference_latency.get(batch)
@@ -174,9 +175,9 @@ def _run_case(case: Case, runner, ctx: _Context, progress) -> dict[str, Any]:
             figures["end_to_end_latency_ratio"] = timing["end_to_end"].p50_ms / ref["end_to_end"]
         batches[str(batch)] = figures
         progress.update(1)
-    entry: dict[str, Any] = {"backend": case.backend, "precision": case.precision, "runner": runner.describe(),
-                             "description": runner.description().to_dict(), "batches": batches,
-                             "peak_rss_mb_so_far": peak_rss_mb()}
+    entry: CaseResult = {"backend": case.backend, "precision": case.precision, "runner": runner.describe(),
+                         "description": runner.description().to_dict(), "batches": batches,
+                         "peak_rss_mb_so_far": peak_rss_mb()}
     if runner.self_check is not None:  # reduced precision's check on this machine: ran, figure, cached
         entry["self_check"] = runner.self_check.to_dict()
     if ctx.memory is not None:
@@ -216,33 +217,20 @@ def _runner_options(case: Case, model, artifact, settings: BenchSettings, onnx_d
 
 def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = None, *,
                   onnx_dir: str | Path | None = None, force: bool = False, log: Callable[[str], None] = print,
-                  progress: bool = True, strict: bool = True) -> dict[str, Any]:
+                  progress: bool = True, strict: bool = True) -> BenchResults:
     """Benchmark `model` on every requested backend; write results.json, report.md and plots to `out_dir`.
 
     `onnx_dir`: an existing export folder of this model (default: export into OUT/onnx). Returns
     the results; raises ValidationFailed after writing them when a gate fails (`strict`, lga-bench's
-    exit 3; the demo passes strict=False and reads results["gates"] itself).
+    exit 3; the demo passes strict=False and reads results["gates"] itself). `settings` is not
+    changed: the run's own copy holds the threads and providers it resolved.
     """
     import torch
-    from tqdm import tqdm
 
-    from lga_export.bench.compute import image_graph_flops, matmul_peak, torch_matmul_peak
-    from lga_export.bench.plots import write_plots
-    from lga_export.bench.markdown_report import render_report
     from lga_export.checkpoint import model_digest
-    from lga_export.runtime.registry import open_runner
     from lga_export.samples import validation_samples
 
-    settings = (settings or BenchSettings()).checked()
-    device = _device(settings.device)
-    threads = settings.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    settings.threads = threads
-    if settings.ort_providers is None:
-        from lga_export.runtime.ort_runner import default_providers
-
-        settings.ort_providers = default_providers(device)
-    check_ort_providers(settings)
+    settings, device = _resolved(settings)
     model = model.eval()
     onnx_dir = Path(onnx_dir) if onnx_dir else None
     started = time.time()
@@ -252,35 +240,9 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
     ctx = _Context(model, settings, device, samples)
     with atomic_dir(out_dir, force=force) as tmp:
         artifact, export_problem = _prepare_export(model, settings, onnx_dir, digest, tmp, log)
-        log("counting image-graph FLOPs and measuring the ONNX Runtime MatMul peak ...")
-        flops = image_graph_flops(model, batch=1)
-        peak = matmul_peak(settings.matmul_size, threads)
-        gpu_peak = torch_matmul_peak(device) if device.startswith("cuda") else None  # GPU cases' yardstick
-        results_cases: dict[str, Any] = {}
-        runnable, skipped = plan_cases(settings.backends, settings.precisions, device, artifact,
-                                       settings.engines_dir, settings.exclude, export_problem)
-        bar = tqdm(total=len(runnable) * len(settings.batches), desc="lga-bench", unit="case", file=sys.stderr,
-                   disable=not progress)
-        with bar:
-            for case in runnable:
-                if device.startswith("cuda"):  # each case's memory above what is left before it
-                    release_device_memory(model)
-                    ctx.memory = DeviceMemory()
-                try:
-                    source_, options = _runner_options(case, model, artifact, settings, onnx_dir)
-                    with open_runner(case.backend, source_, case.precision, device, model_digest=digest,
-                                     activate=False, self_check="record" if settings.self_check else "off",
-                                     **options) as runner:
-                        results_cases[case.label] = _run_case(case, runner, ctx, bar)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a backend that fails here is reported, not fatal
-                    if case == REFERENCE:
-                        raise
-                    skipped.append({"backend": case.backend, "precision": case.precision,
-                                    "reason": f"failed to load or run: {_reason(exc)}"})
-                    bar.update(len(settings.batches) - len(results_cases.get(case.label, {}).get("batches", {})))
-        results: dict[str, Any] = {
+        compute = _compute(model, settings, device, log)
+        results_cases, skipped = _run_cases(ctx, artifact, export_problem, onnx_dir, digest, progress)
+        results: BenchResults = {
             "format": "lga-bench/2",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "seconds": time.time() - started,
@@ -293,28 +255,107 @@ def run_benchmark(model, out_dir: str | Path, settings: BenchSettings | None = N
             "samples": {"source": source, "names": ctx.names},
             "reference": REFERENCE.label,
             "int8": artifact.manifest.get("int8") if artifact else None,
-            "compute": {"image_graph_flops": flops, "matmul_peak": peak, "gpu_matmul_peak": gpu_peak},
+            "compute": compute,
             "cases": results_cases,
             "skipped": skipped,
             "peak_rss_mb": peak_rss_mb(),
         }
-        _add_gflops(results)
-        from lga_export.bench.markdown_report import recommendation
-
-        results["recommendation"] = recommendation(results)
-        results["gates"] = check_gates(results, settings.min_dice_agreement, settings.max_latency_ratio,
-                                       settings.require_all)
-        (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=str))
-        results["plots"] = write_plots(results, tmp)
-        (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=str))
-        (tmp / REPORT).write_text(render_report(results))
+        _judge_and_write(results, settings, tmp)
     if strict and not results["gates"]["passed"]:
         raise ValidationFailed("benchmark gates failed (report in "
                                f"{Path(out_dir) / REPORT}): " + " | ".join(results["gates"]["failures"]))
     return results
 
 
-def _add_gflops(results: dict[str, Any]) -> None:
+def _resolved(settings: BenchSettings | None) -> tuple[BenchSettings, str]:
+    """(a checked copy of `settings` with the thread count and ONNX Runtime providers filled in, the
+    device); sets torch's thread count."""
+    import torch
+
+    settings = (settings or BenchSettings()).checked()
+    device = _device(settings.device)
+    threads = settings.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    providers = settings.ort_providers
+    if providers is None:
+        from lga_export.runtime.ort_runner import default_providers
+
+        providers = default_providers(device)
+    settings = replace(settings, threads=threads, ort_providers=providers)
+    check_ort_providers(settings)
+    return settings, device
+
+
+def _compute(model, settings: BenchSettings, device: str, log: Callable[[str], None]) -> Compute:
+    """The yardsticks of GFLOP/s: the image graph's FLOPs and the CPU (and GPU) matmul peaks."""
+    from lga_export.bench.compute import image_graph_flops, matmul_peak, torch_matmul_peak
+
+    log("counting image-graph FLOPs and measuring the ONNX Runtime MatMul peak ...")
+    flops = image_graph_flops(model, batch=1)
+    peak = matmul_peak(settings.matmul_size, settings.threads)
+    gpu_peak = torch_matmul_peak(device) if device.startswith("cuda") else None  # GPU cases' yardstick
+    return {"image_graph_flops": flops, "matmul_peak": peak, "gpu_matmul_peak": gpu_peak}
+
+
+def _run_cases(ctx: _Context, artifact, export_problem: str | None, onnx_dir: Path | None, digest: str,
+               progress: bool) -> tuple[dict[str, CaseResult], list[SkippedCase]]:
+    """(results by case label, skipped cases): every planned case in turn; one that fails to load or
+    run is skipped with the reason (the reference's failure is raised)."""
+    from tqdm import tqdm
+
+    settings = ctx.settings
+    results_cases: dict[str, CaseResult] = {}
+    runnable, skipped = plan_cases(settings.backends, settings.precisions, ctx.device, artifact,
+                                   settings.engines_dir, settings.exclude, export_problem)
+    bar = tqdm(total=len(runnable) * len(settings.batches), desc="lga-bench", unit="case", file=sys.stderr,
+               disable=not progress)
+    with bar:
+        for case in runnable:
+            if ctx.device.startswith("cuda"):  # each case's memory above what is left before it
+                release_device_memory(ctx.model)
+                ctx.memory = DeviceMemory()
+            try:
+                _open_and_run(case, ctx, artifact, onnx_dir, digest, bar, results_cases)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a backend that fails here is reported, not fatal
+                if case == REFERENCE:
+                    raise
+                skipped.append({"backend": case.backend, "precision": case.precision,
+                                "reason": f"failed to load or run: {_reason(exc)}"})
+                bar.update(len(settings.batches) - len(results_cases.get(case.label, {}).get("batches", {})))
+    return results_cases, skipped
+
+
+def _open_and_run(case: Case, ctx: _Context, artifact, onnx_dir: Path | None, digest: str, bar,
+                  results_cases: dict[str, CaseResult]) -> None:
+    """Open `case`'s runner (its self-check recorded, not enforced, unless --no-self-check) and put its
+    results in `results_cases` (before the runner closes)."""
+    from lga_export.runtime.registry import open_runner
+
+    source, options = _runner_options(case, ctx.model, artifact, ctx.settings, onnx_dir)
+    with open_runner(case.backend, source, case.precision, ctx.device, model_digest=digest, activate=False,
+                     self_check="record" if ctx.settings.self_check else "off", **options) as runner:
+        results_cases[case.label] = _run_case(case, runner, ctx, bar)
+
+
+def _judge_and_write(results: BenchResults, settings: BenchSettings, tmp: Path) -> None:
+    """Add GFLOP/s, the recommendation, the gates and the plots to `results`; write results.json and
+    report.md into `tmp` (results.json first, so a failing plot leaves the figures)."""
+    from lga_export.bench.plots import write_plots
+    from lga_export.bench.markdown_report import recommendation, render_report
+
+    _add_gflops(results)
+    results["recommendation"] = recommendation(results)
+    results["gates"] = check_gates(results, settings.min_dice_agreement, settings.max_latency_ratio,
+                                   settings.require_all)
+    (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=str))
+    results["plots"] = write_plots(results, tmp)
+    (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=str))
+    (tmp / REPORT).write_text(render_report(results))
+
+
+def _add_gflops(results: BenchResults) -> None:
     """Achieved image-graph GFLOP/s per case and batch (FLOPs at batch 1 scale linearly with batch),
     as a fraction of the peak of where the case ran: a GPU case against the matmul peak of its
     precision measured on that GPU (none for INT8), a CPU case against ONNX Runtime's CPU MatMul."""
@@ -322,7 +363,7 @@ def _add_gflops(results: dict[str, Any]) -> None:
     cpu_peak = results["compute"]["matmul_peak"]["gflops_best"]
     gpu_peak = results["compute"].get("gpu_matmul_peak")
     for case in results["cases"].values():
-        on_gpu = gpu_peak is not None and not case.get("description", {}).get("on_cpu", True)
+        on_gpu = gpu_peak is not None and not RunnerDescription.from_dict(case["description"]).on_cpu
         peak = gpu_peak["gflops_best"].get(case["precision"]) if on_gpu else cpu_peak
         for batch, figures in case["batches"].items():
             if flops:

@@ -4,13 +4,12 @@ image-graph latency ratio against the reference, and that something was compared
 
 from __future__ import annotations
 
-from typing import Any
-
+from lga_export.bench.results import BenchResults, Gates
 from lga_export.contract import TEXT_GRAPH, tolerance
 
 
-def check_gates(results: dict[str, Any], min_dice_agreement: float | None, max_latency_ratio: float | None,
-                require_all: bool = False) -> dict[str, Any]:
+def check_gates(results: BenchResults, min_dice_agreement: float | None, max_latency_ratio: float | None,
+                require_all: bool = False) -> Gates:
     """One line per failed check, naming the backend, precision and batch. A gate that compared
     nothing fails: an all-skipped run proves nothing."""
     failures: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, tolerance
+from lga_export.bench.results import BenchResults, Candidate, CaseResult, RankedCase, Ratios, Recommendation
 from lga_export.runtime.base import RunnerDescription
 
 PARTS = ((TEXT_GRAPH, "text graph"), (IMAGE_GRAPH, "image graph"), ("end_to_end", "end to end"))
@@ -18,7 +19,7 @@ def _f(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def _latency_table(results: dict[str, Any]) -> list[str]:
+def _latency_table(results: BenchResults) -> list[str]:
     lines = ["| backend | precision | batch | part | p50 ms | p90 ms | p99 ms | mean ms | throughput /s | "
              "p50 vs torch-fp32 |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     ref = results["cases"].get(results["reference"], {}).get("batches", {})
@@ -34,7 +35,7 @@ def _latency_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _parity_table(results: dict[str, Any]) -> list[str]:
+def _parity_table(results: BenchResults) -> list[str]:
     lines = ["| backend | precision | batch | Dice vs GT | mIoU vs GT | agreement mean | p5 | worst (sample) | "
              "ref. foreground | max abs logit diff | max abs text diff | NaN/Inf |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
@@ -50,7 +51,7 @@ def _parity_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _compute_lines(results: dict[str, Any]) -> list[str]:
+def _compute_lines(results: BenchResults) -> list[str]:
     flops = results["compute"]["image_graph_flops"]
     peak = results["compute"]["matmul_peak"]
     lines = [f"- Image graph: {flops['flops'] / 1e9:.1f} GFLOP per image (batch 1, {flops['method']}, "
@@ -76,23 +77,23 @@ def _compute_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _description(case: dict[str, Any]) -> RunnerDescription:
+def _description(case: CaseResult) -> RunnerDescription:
     """The typed description the case's runner gave of itself (`Runner.description`)."""
     return RunnerDescription.from_dict(case["description"])
 
 
-def _on_cpu(case: dict[str, Any]) -> bool:
+def _on_cpu(case: CaseResult) -> bool:
     """Whether a case ran on the CPU, as its runner reported (ONNX Runtime: the CPU provider only)."""
     return _description(case).on_cpu
 
 
-def recommendation(results: dict[str, Any]) -> dict[str, Any] | None:
+def recommendation(results: BenchResults) -> Recommendation | None:
     """The fastest CPU case (end-to-end p50 at the smallest batch) whose worst mask agreement
     passes its gate (the spec's per precision, or --min-dice-agreement) at every batch, with its
     ratios to PyTorch FP32 and ONNX Runtime FP32 measured in the same run. None when no CPU
     case ran."""
     override = results.get("settings", {}).get("min_dice_agreement")
-    candidates = []
+    candidates: list[Candidate] = []
     for label, case in results["cases"].items():
         if not _on_cpu(case) or not case["batches"]:
             continue
@@ -114,9 +115,9 @@ def recommendation(results: dict[str, Any]) -> dict[str, Any] | None:
     batch = min(c["batch"] for c in candidates)
     ranked = sorted((c for c in candidates if c["batch"] == batch), key=lambda c: c["end_to_end_p50_ms"])
     passing = [c for c in ranked if c["passed"]]
-    best = dict(passing[0]) if passing else None
+    best: Candidate | None = Candidate(**passing[0]) if passing else None
 
-    def ratios(reference: str) -> dict[str, float] | None:
+    def ratios(reference: str) -> Ratios | None:
         ref = next((c for c in ranked if c["label"] == reference), None)
         if best is None or ref is None:
             return None
@@ -128,11 +129,17 @@ def recommendation(results: dict[str, Any]) -> dict[str, Any] | None:
         best["vs_ort_fp32"] = ratios("ort-fp32")
     return {"basis": f"fastest CPU case by end-to-end p50 at batch {batch} whose worst mask agreement passes its "
                      f"gate at every batch", "batch": batch, "best": best,
-            "ranking": [{k: c[k] for k in ("label", "end_to_end_p50_ms", "image_p50_ms", "worst_agreement", "gate",
-                                           "nonfinite", "self_check_failed", "passed")} for c in ranked]}
+            "ranking": [_ranked(c) for c in ranked]}
 
 
-def failing_figure(candidate: dict[str, Any]) -> str:
+def _ranked(c: Candidate) -> RankedCase:
+    """What the ranking records of a candidate (not its backend, precision and batch)."""
+    return RankedCase(label=c["label"], end_to_end_p50_ms=c["end_to_end_p50_ms"], image_p50_ms=c["image_p50_ms"],
+                      worst_agreement=c["worst_agreement"], gate=c["gate"], nonfinite=c["nonfinite"],
+                      self_check_failed=c["self_check_failed"], passed=c["passed"])
+
+
+def failing_figure(candidate: RankedCase) -> str:
     """Why a ranked CPU case fails its gate, with the figure: 'worst agreement 0.0000 < 0.99, 614056 NaN/Inf'."""
     parts = [f"worst agreement {_f(candidate.get('worst_agreement'), 4)} < {candidate.get('gate')}"
              if candidate.get("worst_agreement") is None or candidate["worst_agreement"] < candidate["gate"]
@@ -144,7 +151,7 @@ def failing_figure(candidate: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _recommendation_lines(results: dict[str, Any]) -> list[str]:
+def _recommendation_lines(results: BenchResults) -> list[str]:
     rec = results.get("recommendation")
     if rec is None:
         return ["- No CPU case ran, so there is no CPU recommendation."]
@@ -167,7 +174,7 @@ def _recommendation_lines(results: dict[str, Any]) -> list[str]:
             f"- Other CPU cases, end to end p50: {others or 'none'}."]
 
 
-def _failing_lines(results: dict[str, Any]) -> list[str]:
+def _failing_lines(results: BenchResults) -> list[str]:
     """Every case that fails here, with its figure, and every case that failed to load or run: shown in
     the headline, never only further down (a backend that fails on this CPU is not dropped)."""
     by_case = results.get("gates", {}).get("by_case", {})
@@ -177,7 +184,7 @@ def _failing_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _headline(results: dict[str, Any]) -> list[str]:
+def _headline(results: BenchResults) -> list[str]:
     """The recommended CPU backend, what fails here (with its figures), and ORT FP32 / PyTorch FP32
     latency, the number the project is judged by."""
     lines = _recommendation_lines(results) + _failing_lines(results)
@@ -192,7 +199,7 @@ def _headline(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _overhead_lines(results: dict[str, Any]) -> list[str]:
+def _overhead_lines(results: BenchResults) -> list[str]:
     """End to end against the sum of the two graphs: what pre/post-processing and Python add."""
     lines = ["| backend | precision | batch | text + image p50 ms | end to end p50 ms | end to end / sum |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
@@ -205,7 +212,7 @@ def _overhead_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _cpu_settings_lines(results: dict[str, Any]) -> list[str]:
+def _cpu_settings_lines(results: BenchResults) -> list[str]:
     """The latency-relevant settings each CPU runtime really used, as its runner summed them up
     (`RunnerDescription.settings`)."""
     lines = [f"- {label}: {_description(case).settings}." for label, case in results["cases"].items()
@@ -213,7 +220,7 @@ def _cpu_settings_lines(results: dict[str, Any]) -> list[str]:
     return lines or ["- No case with runtime settings to report (ONNX Runtime, OpenVINO) ran."]
 
 
-def _self_check_lines(results: dict[str, Any]) -> list[str]:
+def _self_check_lines(results: BenchResults) -> list[str]:
     """What each reduced-precision case's self-check did (runtime/self_check.py): ran or not, cached,
     its figure against the FP32 graphs of the same backend, and what it cost."""
     rows = []
@@ -236,7 +243,7 @@ def _self_check_lines(results: dict[str, Any]) -> list[str]:
             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"] + rows
 
 
-def render_report(results: dict[str, Any]) -> str:
+def render_report(results: BenchResults) -> str:
     m, s = results["machine"], results["settings"]
     lines = [f"# lga-bench report ({results['created']})", "",
              f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, GPU: {m['gpu'] or 'none'}; "
