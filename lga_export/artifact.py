@@ -13,11 +13,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.fileio import sha256_file
+
+if TYPE_CHECKING:
+    from lga_export.export.validate import ValidationReport
 
 MANIFEST = "manifest.json"
 EXPORT_FORMAT = "lga-export-onnx/2"
@@ -25,6 +28,35 @@ ENGINE_FORMAT = "lga-export-engine/2"
 TOKENIZER_DIR = "tokenizer"
 REEXPORT = "re-export with lga-export onnx --force"
 REBUILD = "rebuild with lga-export trt --force"
+
+
+class GraphEntry(TypedDict):
+    """One graph at one precision in a manifest: its file, its external-data files, their size."""
+
+    file: str
+    external_data: list[str]
+    bytes: int
+
+
+class ExportManifest(TypedDict, total=False):
+    """manifest.json of an export folder (EXPORT_FORMAT), as `export_onnx` writes it. Not total: a
+    folder read from disk is checked key by key where it is opened (`open_export`), and older
+    folders may lack what a newer export writes."""
+
+    format: str
+    config: dict[str, Any]  # LGAConfig as JSON
+    model_digest: str
+    opset: int
+    precisions: list[str]
+    io: dict[str, dict[str, list[dict[str, Any]]]]  # graph -> inputs/outputs -> tensor specs
+    graphs: dict[str, dict[str, GraphEntry]]  # graph -> precision -> entry
+    int8: dict[str, Any] | None  # what the quantizer recorded (method, calibration)
+    tokenizer: dict[str, Any]  # folder, source, max_length
+    traced_sizes: dict[str, int]
+    libraries: dict[str, Any]
+    validation: ValidationReport | None  # None: exported with validate=False
+    files: dict[str, str]  # relative path -> sha256
+    deployment_paths: list[dict[str, Any]]  # the demo's summary only, never on disk
 
 
 def is_openvino_ir(path: str | Path) -> bool:
@@ -96,7 +128,7 @@ class ExportArtifact:
     """A verified export folder: its manifest, model config and graph files."""
 
     folder: Path
-    manifest: dict[str, Any]
+    manifest: ExportManifest
     config: LGAConfig
 
     @property
@@ -166,7 +198,7 @@ def open_export(folder: str | Path, model_digest: str | None = None) -> ExportAr
                     raise LGAError(f"{path}: the {precision} {graph} graph file {name!r} has no sha256; {REEXPORT}")
     check_model(manifest.get("model_digest"), model_digest, folder, "export this model with lga-export onnx, "
                 "or pass the checkpoint it was exported from")
-    return ExportArtifact(folder, manifest, config)
+    return ExportArtifact(folder, cast(ExportManifest, manifest), config)
 
 
 def export_of(source: Any, model_digest: str | None = None, runtime: str = "this backend") -> ExportArtifact:

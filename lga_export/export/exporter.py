@@ -11,13 +11,14 @@ from typing import Any, Callable
 
 import torch
 
-from lga_export.artifact import EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, file_digests, is_openvino_ir
+from lga_export.artifact import (EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, ExportManifest, GraphEntry, file_digests,
+                                  is_openvino_ir)
 from lga_export.checkpoint import model_digest
 from lga_export.errors import LGAError, ValidationFailed
 from lga_export.export.onnx_export import DEFAULT_OPSET, check_graph, check_opset, convert_to_fp16, export_graph
 from lga_export.export.quantize import CALIBRATION_SAMPLES, int8_filename, int8_method, quantize_int8
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, dummy_inputs, graph_specs
-from lga_export.export.validate import failure_lines, validate_export
+from lga_export.export.validate import ValidationReport, failure_lines, validate_export
 from lga_export.modeling.graphs import graph_modules
 from lga_export.fileio import atomic_dir
 from lga_export.versions import library_versions
@@ -31,7 +32,7 @@ def _trace_sizes(validation_batch: int) -> dict[str, int]:
     return {"batch": 3 if validation_batch == 2 else 2, "sequence": 16}
 
 
-def _entry(files: list[Path]) -> dict[str, Any]:
+def _entry(files: list[Path]) -> GraphEntry:
     return {"file": files[0].name, "external_data": [p.name for p in files[1:]],
             "bytes": sum(p.stat().st_size for p in files)}
 
@@ -39,7 +40,7 @@ def _entry(files: list[Path]) -> dict[str, Any]:
 def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | str = False,
                 opset: int = DEFAULT_OPSET, force: bool = False, validate: bool = True, validation_batch: int = 3,
                 data_root: Path | None = None, calibration_samples: int = CALIBRATION_SAMPLES,
-                log: Callable[[str], None] = print, drop_failing_reduced: bool = False) -> dict[str, Any]:
+                log: Callable[[str], None] = print, drop_failing_reduced: bool = False) -> ExportManifest:
     """Write the export folder atomically; raise ValidationFailed (nothing written) on a failed check.
 
     `int8`: False, True (the default method), 'dynamic', 'static' or 'ov' (both calibrated on
@@ -57,41 +58,16 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
     digest = model_digest(model)
     tokenizer = load_tokenizer(config.text_model)
     sizes = _trace_sizes(validation_batch)
-    modules = graph_modules(model)
     with atomic_dir(out_dir, force=force) as tmp:
-        files: dict[str, dict[str, list[Path]]] = {"fp32": {}, **({"fp16": {}} if fp16 else {})}
-        for spec in graph_specs(config):
-            sample = tuple(torch.from_numpy(a) for a in dummy_inputs(spec, sizes).values())
-            start = time.perf_counter()
-            log(f"exporting {spec.name} (traced at batch {sizes['batch']}) ...")
-            files["fp32"][spec.name] = export_graph(modules[spec.name], spec, sample, tmp / spec.filename("fp32"), opset)
-            gc.collect()  # the traced program is large; free it before the next graph
-            if fp16:
-                log(f"converting {spec.name} to FP16 ...")
-                files["fp16"][spec.name] = convert_to_fp16(files["fp32"][spec.name][0], tmp / spec.filename("fp16"), spec, config.family)
-            for precision in files:
-                check_graph(files[precision][spec.name][0], spec)
-            log(f"  {spec.name}: {time.perf_counter() - start:.1f} s, checker passed")
+        files = _export_graphs(model, sizes, opset, fp16, tmp, log)
         tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         quantization = None
         if int8_kind:
-            image_spec = graph_specs(config)[1]
-            target = tmp / int8_filename(int8_kind, image_spec.name)
-            quantization = quantize_int8(int8_kind, files["fp32"][IMAGE_GRAPH][0], target, config=config,
-                                         text_graph=files["fp32"][TEXT_GRAPH][0], tokenizer_dir=tmp / TOKENIZER_DIR,
-                                         data_root=data_root, count=calibration_samples, log=log)
-            weights = [target.with_suffix(".bin")] if is_openvino_ir(target) else []  # an OpenVINO IR's weights
-            files["int8"] = {TEXT_GRAPH: files["fp32"][TEXT_GRAPH], IMAGE_GRAPH: [target, *weights]}
+            quantization = _add_int8(int8_kind, files, config, tmp, data_root, calibration_samples, log)
         validation = None
         if validate:
-            log(f"validating against PyTorch at batch {validation_batch} ...")
-            graphs = {precision: {name: paths[0] for name, paths in by_graph.items()} for precision, by_graph in files.items()}
-            validation = validate_export(model, graphs, tmp / TOKENIZER_DIR, validation_batch, data_root)
-            if drop_failing_reduced and validation["results"]["fp32"]["passed"]:
-                _drop_failing_reduced(validation, files, log)
-            if not validation["passed"]:
-                raise ValidationFailed("export failed validation, nothing written: " + " | ".join(failure_lines(validation)))
-        manifest: dict[str, Any] = {
+            validation = _validated(model, files, tmp, validation_batch, data_root, drop_failing_reduced, log)
+        manifest: ExportManifest = {
             "format": EXPORT_FORMAT,
             "config": json.loads(config.to_json()),
             "model_digest": digest,
@@ -113,7 +89,57 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
     return manifest
 
 
-def _drop_failing_reduced(validation: dict[str, Any], files: dict[str, dict[str, list[Path]]],
+def _export_graphs(model, sizes: dict[str, int], opset: int, fp16: bool, tmp: Path,
+                   log: Callable[[str], None]) -> dict[str, dict[str, list[Path]]]:
+    """Both graphs traced to ONNX in `tmp` (and converted to FP16 with `fp16`), each checked:
+    precision -> graph name -> its files (the graph first, then its external data)."""
+    config = model.config
+    modules = graph_modules(model)
+    files: dict[str, dict[str, list[Path]]] = {"fp32": {}, **({"fp16": {}} if fp16 else {})}
+    for spec in graph_specs(config):
+        sample = tuple(torch.from_numpy(a) for a in dummy_inputs(spec, sizes).values())
+        start = time.perf_counter()
+        log(f"exporting {spec.name} (traced at batch {sizes['batch']}) ...")
+        files["fp32"][spec.name] = export_graph(modules[spec.name], spec, sample, tmp / spec.filename("fp32"), opset)
+        gc.collect()  # the traced program is large; free it before the next graph
+        if fp16:
+            log(f"converting {spec.name} to FP16 ...")
+            files["fp16"][spec.name] = convert_to_fp16(files["fp32"][spec.name][0], tmp / spec.filename("fp16"), spec, config.family)
+        for precision in files:
+            check_graph(files[precision][spec.name][0], spec)
+        log(f"  {spec.name}: {time.perf_counter() - start:.1f} s, checker passed")
+    return files
+
+
+def _add_int8(int8_kind: str, files: dict[str, dict[str, list[Path]]], config, tmp: Path, data_root: Path | None,
+              calibration_samples: int, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Quantize the FP32 image graph by `int8_kind` and add the INT8 set to `files` (its text graph is
+    the FP32 one); returns what the quantizer recorded for the manifest."""
+    image_spec = graph_specs(config)[1]
+    target = tmp / int8_filename(int8_kind, image_spec.name)
+    quantization = quantize_int8(int8_kind, files["fp32"][IMAGE_GRAPH][0], target, config=config,
+                                 text_graph=files["fp32"][TEXT_GRAPH][0], tokenizer_dir=tmp / TOKENIZER_DIR,
+                                 data_root=data_root, count=calibration_samples, log=log)
+    weights = [target.with_suffix(".bin")] if is_openvino_ir(target) else []  # an OpenVINO IR's weights
+    files["int8"] = {TEXT_GRAPH: files["fp32"][TEXT_GRAPH], IMAGE_GRAPH: [target, *weights]}
+    return quantization
+
+
+def _validated(model, files: dict[str, dict[str, list[Path]]], tmp: Path, validation_batch: int,
+               data_root: Path | None, drop_failing_reduced: bool, log: Callable[[str], None]) -> ValidationReport:
+    """The validation report of every graph set against PyTorch; raises ValidationFailed when it fails
+    (after dropping failing reduced sets with `drop_failing_reduced`)."""
+    log(f"validating against PyTorch at batch {validation_batch} ...")
+    graphs = {precision: {name: paths[0] for name, paths in by_graph.items()} for precision, by_graph in files.items()}
+    validation = validate_export(model, graphs, tmp / TOKENIZER_DIR, validation_batch, data_root)
+    if drop_failing_reduced and validation["results"]["fp32"]["passed"]:
+        _drop_failing_reduced(validation, files, log)
+    if not validation["passed"]:
+        raise ValidationFailed("export failed validation, nothing written: " + " | ".join(failure_lines(validation)))
+    return validation
+
+
+def _drop_failing_reduced(validation: ValidationReport, files: dict[str, dict[str, list[Path]]],
                           log: Callable[[str], None]) -> None:
     """Leave out every reduced-precision graph set that failed validation (FP32 passed), deleting
     only its own files (an INT8 set shares the FP32 text graph), and record why."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from lga_export.artifact import is_openvino_ir
 from lga_export.contract import tolerance
@@ -18,6 +18,38 @@ from lga_export.verify.comparator import compare_outputs
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner
 from lga_export.runtime.registry import open_runner
 from lga_export.samples import validation_samples
+
+
+class _PrecisionRequired(TypedDict):
+    providers: Any  # runner.providers_in_use(): graph -> what executes it
+    reference: str
+    candidate: str
+    passed: bool
+    problems: list[str]
+    atol: float
+    min_dice: float
+
+
+class PrecisionValidation(_PrecisionRequired, total=False):
+    """One precision's figures: `PairParity.to_dict()` (with one Parity per part, keyed by the graph
+    names and end_to_end), what ran it, and whether every reference mask was empty."""
+
+    reference_masks_empty: bool
+
+
+class _ReportRequired(TypedDict):
+    batch: int
+    samples: list[str]
+    source: str
+    results: dict[str, PrecisionValidation]  # precision -> figures
+    passed: bool
+
+
+class ValidationReport(_ReportRequired, total=False):
+    """The manifest's `validation`: every precision against PyTorch; `dropped` (precision -> its
+    failure lines) when the export left failing reduced-precision graphs out."""
+
+    dropped: dict[str, list[str]]
 
 
 def _staged_runner(config, files: dict[str, Path], precision: str, tokenizer_dir: Path):
@@ -31,7 +63,7 @@ def _staged_runner(config, files: dict[str, Path], precision: str, tokenizer_dir
 
 
 def validate_export(model, graphs: dict[str, dict[str, Path]], tokenizer_dir: Path, batch: int,
-                    data_root: Path | None = None) -> dict[str, Any]:
+                    data_root: Path | None = None) -> ValidationReport:
     """Figures for every precision in `graphs` (precision -> graph name -> file); `passed` is
     False when any tolerance of contract.py is missed."""
     samples, source = validation_samples(batch, data_root)
@@ -39,7 +71,7 @@ def validate_export(model, graphs: dict[str, dict[str, Path]], tokenizer_dir: Pa
     with open_runner("torch", model) as reference:
         ref = run_samples(reference, samples, batch=1)  # one by one: a ViT-H batch would not fit in memory
     gc.collect()
-    report: dict[str, Any] = {"batch": batch, "samples": names, "source": source, "results": {}}
+    report: ValidationReport = {"batch": batch, "samples": names, "source": source, "results": {}, "passed": False}
     for precision, files in graphs.items():
         with _staged_runner(model.config, files, precision, tokenizer_dir) as runner:
             outputs = run_samples(runner, samples, batch, ref)
@@ -51,7 +83,7 @@ def validate_export(model, graphs: dict[str, dict[str, Path]], tokenizer_dir: Pa
     return report
 
 
-def failure_lines(report: dict[str, Any]) -> list[str]:
+def failure_lines(report: ValidationReport) -> list[str]:
     """One line per precision that failed: which graph, which sample, how far off."""
     return [f"{precision}: {'; '.join(result['problems'])}" for precision, result in report["results"].items()
             if not result["passed"]]
