@@ -27,39 +27,50 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lga_export.artifact import open_export  # noqa: E402
-from lga_export.export.quantize import SENSITIVE_SCOPES, calibration_set  # noqa: E402
-from lga_export.export.quantize_ov import FFM_SCOPE, OpenVinoInt8Settings, quantize_openvino_int8  # noqa: E402
+from lga_export.config import get_preset  # noqa: E402
+from lga_export.export.calibration import calibration_set  # noqa: E402
+from lga_export.export.quantize_ov import OpenVinoInt8Settings, ov_int8_settings, quantize_openvino_int8  # noqa: E402
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds  # noqa: E402
 from lga_export.verify.parity import compare  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
 from lga_export.runtime.openvino_runner import OpenVinoRunner  # noqa: E402
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
 from lga_export.runtime.pipeline import Segmenter  # noqa: E402
+from lga_export.families import spec_of  # noqa: E402
+from lga_export.families.spec import FFM_SCOPE  # noqa: E402
 from lga_export.samples import validation_samples  # noqa: E402
 
 # NNCF's own defaults, nothing kept FP32; every variant changes that in the named ways.
 NONE = OpenVinoInt8Settings(preset="PERFORMANCE", activation_ranges=None, exclude_scopes=(), weight_matmuls_only=False)
-SCOPES = tuple(SENSITIVE_SCOPES)  # patch embedding, neck, mask decoder
 IMAGE_UPDATE = r"^model\.ffms\.\d+\.image_update"
-VARIANTS = {
-    "none": NONE,
-    "sq": replace(NONE, smooth_quant=True),
-    "mixed": replace(NONE, preset="MIXED"),
-    "scopes": replace(NONE, exclude_scopes=SCOPES),
-    "attention": replace(NONE, weight_matmuls_only=True),
-    "scopes+attention": replace(NONE, exclude_scopes=SCOPES, weight_matmuls_only=True),
-    "image-update": replace(NONE, exclude_scopes=(IMAGE_UPDATE,)),
-    "image-attn": replace(NONE, exclude_scopes=(IMAGE_UPDATE + r"\.attn",)),
-    "text-update": replace(NONE, exclude_scopes=(r"^model\.ffms\.\d+\.text_update",)),
-    "ffms": replace(NONE, exclude_scopes=(FFM_SCOPE,)),
-    "ffms+scopes": replace(NONE, exclude_scopes=(FFM_SCOPE, *SCOPES)),
-    "ffms+scopes+attention": replace(NONE, exclude_scopes=(FFM_SCOPE, *SCOPES), weight_matmuls_only=True),
-    "ffms+scopes+attention+mixed": replace(NONE, exclude_scopes=(FFM_SCOPE, *SCOPES), weight_matmuls_only=True,
-                                           preset="MIXED"),
-    "ffms+scopes+attention+minmax": replace(NONE, exclude_scopes=(FFM_SCOPE, *SCOPES), weight_matmuls_only=True,
-                                            activation_ranges="MINMAX"),
-    "product": OpenVinoInt8Settings(),  # ffms+scopes+attention, MIXED, MINMAX
-}
+
+
+def variants(config) -> dict[str, OpenVinoInt8Settings]:
+    """The settings compared, with the export's family's INT8 scopes (SAM-ViT: patch embedding,
+    neck, mask decoder)."""
+    scopes = tuple(spec_of(config.family).int8_fp32_scopes)
+    return {
+        "none": NONE,
+        "sq": replace(NONE, smooth_quant=True),
+        "mixed": replace(NONE, preset="MIXED"),
+        "scopes": replace(NONE, exclude_scopes=scopes),
+        "attention": replace(NONE, weight_matmuls_only=True),
+        "scopes+attention": replace(NONE, exclude_scopes=scopes, weight_matmuls_only=True),
+        "image-update": replace(NONE, exclude_scopes=(IMAGE_UPDATE,)),
+        "image-attn": replace(NONE, exclude_scopes=(IMAGE_UPDATE + r"\.attn",)),
+        "text-update": replace(NONE, exclude_scopes=(r"^model\.ffms\.\d+\.text_update",)),
+        "ffms": replace(NONE, exclude_scopes=(FFM_SCOPE,)),
+        "ffms+scopes": replace(NONE, exclude_scopes=(FFM_SCOPE, *scopes)),
+        "ffms+scopes+attention": replace(NONE, exclude_scopes=(FFM_SCOPE, *scopes), weight_matmuls_only=True),
+        "ffms+scopes+attention+mixed": replace(NONE, exclude_scopes=(FFM_SCOPE, *scopes), weight_matmuls_only=True,
+                                               preset="MIXED"),
+        "ffms+scopes+attention+minmax": replace(NONE, exclude_scopes=(FFM_SCOPE, *scopes), weight_matmuls_only=True,
+                                                activation_ranges="MINMAX"),
+        "product": ov_int8_settings(config),  # the family's scopes, attention, MIXED, MINMAX
+    }
+
+
+VARIANT_NAMES = tuple(variants(get_preset("tiny")))  # the same for every family
 
 
 def median_latency(run, repeats: int = 3) -> float:
@@ -79,15 +90,16 @@ def main() -> int:
     parser.add_argument("--calibration", type=int, default=32)
     parser.add_argument("--val", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANT_NAMES))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANT_NAMES]
     if unknown or args.calibration < 1 or args.val < 1:
-        parser.error(f"unknown variants {unknown} (choose from {list(VARIANTS)}), or a count below 1")
+        parser.error(f"unknown variants {unknown} (choose from {list(VARIANT_NAMES)}), or a count below 1")
 
     art = open_export(args.export)
+    settings = variants(art.config)
     text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
     calibration = calibration_set(art.config, text_graph, art.tokenizer_dir, args.calibration, args.data)
     samples, source = validation_samples(args.val, args.data)
@@ -105,16 +117,16 @@ def main() -> int:
               "ort_fp32_ms": round(ort_ms, 1), "variants": {}}
     print(f"{art.config.preset}: ORT FP32 image graph {ort_ms:.0f} ms; {len(calibration.feeds)} calibration, "
           f"{len(names)} validation images; {model}", flush=True)
-    for name in variants:
+    for name in chosen:
         with tempfile.TemporaryDirectory(prefix="lga-ov-int8-") as scratch:
             target = Path(scratch) / "lga_image.int8.xml"
-            done = quantize_openvino_int8(image_graph, target, calibration.feeds, VARIANTS[name])
+            done = quantize_openvino_int8(image_graph, target, calibration.feeds, settings[name])
             with OpenVinoRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: target}, "int8",
                                 threads=args.threads, tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ov:
                 output = np.concatenate([ov.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
                 ms = median_latency(lambda: ov.infer(IMAGE_GRAPH, feeds[0])) * 1000
         parity = compare(reference, output, names, masks=True)
-        row = {"settings": vars(VARIANTS[name]), "quantize_s": done["seconds"], "excluded_nodes": len(done["excluded_nodes"]),
+        row = {"settings": vars(settings[name]), "quantize_s": done["seconds"], "excluded_nodes": len(done["excluded_nodes"]),
                "ms": round(ms, 1), "vs_ort_fp32": round(ms / ort_ms, 3), "worst": round(parity.dice_worst, 4),
                "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4)}
         report["variants"][name] = row

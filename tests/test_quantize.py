@@ -62,7 +62,7 @@ def test_int8_method_choice_is_checked_before_any_work():
 
 
 def test_calibration_uses_training_images_or_built_in_samples_other_than_validations(tmp_path, data_root):
-    from lga_export.export.quantize import calibration_samples
+    from lga_export.export.calibration import calibration_samples
     from lga_export.samples import validation_samples
 
     pairs, source = calibration_samples(3, tmp_path)  # a root without qata-cov19/: built-in samples
@@ -79,12 +79,16 @@ def test_calibration_uses_training_images_or_built_in_samples_other_than_validat
 def test_sensitive_nodes_are_found_by_module_path(static_export):
     import onnx
 
-    from lga_export.export.quantize import SENSITIVE_SCOPES, activation_matmuls, node_scopes, nodes_matching
+    from lga_export.export.kept_nodes import activation_matmuls, node_scopes, nodes_matching
+    from lga_export.families import spec_of
 
-    model = onnx.load(str(static_export[0] / "lga_image.onnx"), load_external_data=False)
+    out, manifest = static_export
+    model = onnx.load(str(out / "lga_image.onnx"), load_external_data=False)
     scopes = node_scopes(model)
     attention = activation_matmuls(model)
     assert attention and all("attn" in scopes[n] or scopes[n].startswith("/matmul") for n in attention)
-    decoder = nodes_matching(model, SENSITIVE_SCOPES)
+    family_scopes = spec_of(manifest["config"].get("family", "sam_vit")).int8_fp32_scopes
+    assert manifest["int8"]["excluded_scopes"] == family_scopes  # the family's scopes, with why
+    decoder = nodes_matching(model, family_scopes)
     assert decoder and all(scopes[n].startswith(("model.mask_decoder", "model.image_encoder.patch_embed",
                                                   "model.image_encoder.neck")) for n in decoder)

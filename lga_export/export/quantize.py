@@ -10,9 +10,10 @@ Three methods (`lga-export onnx --int8 dynamic|static|ov`):
   text-embedding input is the FP32 text graph's output on the matching report). Without the
   shared data it calibrates on built-in synthetic images (another seed than validation's) and
   the manifest says so. Nodes whose quantisation measurably hurt mask agreement stay FP32:
-  attention's activation x activation MatMuls, and the modules in `SENSITIVE_SCOPES` (chosen
-  by the PyTorch module path the exporter keeps on every node, so the rule holds for every
-  preset). The manifest's `int8` entry lists them.
+  attention's activation x activation MatMuls, and the modules the model family declares
+  (`FamilySpec.int8_fp32_scopes`, chosen by the PyTorch module path the exporter keeps on every
+  node, so the rule holds for every preset; see export/kept_nodes.py). The manifest's `int8`
+  entry lists them.
 - **ov**: NNCF post-training quantisation for OpenVINO, calibrated on the same images, written
   as an OpenVINO IR (`lga_image.int8.xml`/`.bin`) that only the `ov` backend runs (see
   export/quantize_ov.py). The fastest INT8 on CPUs with VNNI or AMX.
@@ -33,45 +34,29 @@ INT8 image graph. Both kinds of graph run on ONNX Runtime's CPU kernels.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from lga_export.errors import LGAError
+from lga_export.export.calibration import CALIBRATION_SAMPLES, CalibrationSet, calibration_set
+from lga_export.export.kept_nodes import STATIC_OPS, kept_fp32_nodes, node_scopes
+from lga_export.export.quantize_ov import quantize_ov_int8
+from lga_export.families import spec_of
 
 INT8_METHODS = ("static", "dynamic", "ov")
 CALIBRATED = ("static", "ov")
 DEFAULT_INT8_METHOD = "dynamic"
 QUANTIZED_OPS = ("MatMul", "Gemm")  # dynamic
-STATIC_OPS = ("MatMul", "Gemm", "Conv")
-CALIBRATION_SAMPLES = 64
-CALIBRATION_SEED = 1  # built-in samples: validation uses seed 0
-
-# Module paths (regular expressions over the PyTorch module scope the dynamo exporter records
-# on every node) whose nodes stay FP32 in the static INT8 graph, and why. Found by ablation on
-# the trained default model (each module group quantised alone, then everything but it; worst
-# mask agreement over 100 QaTa Val images against FP32). All three carry little of the FLOPs.
-SENSITIVE_SCOPES: dict[str, str] = {
-    r"^model\.image_encoder\.patch_embed": "patch embedding; quantised alone: worst agreement 0.990",
-    r"^model\.image_encoder\.neck": "neck convolutions before the decoder; alone: 0.992",
-    r"^model\.mask_decoder\.": "mask decoder (two-way transformer, hypernetwork MLPs, logits product); each "
-                                 "transformer layer alone: 0.992",
-}
-# Together (64 calibration images): everything else INT8 0.973 worst / 0.9929 mean; the patch
-# embedding and neck kept FP32 0.980 / 0.9948; the decoder too 0.989 / 0.9970.
-
-_SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
 def int8_method(value: bool | str | None, calibration_samples: int = CALIBRATION_SAMPLES) -> str | None:
-    """`--int8` value -> 'static' / 'dynamic' / None (True means the default method); refuses
+    """`--int8` value -> one of INT8_METHODS or None (True means the default method); refuses
     an unknown method or a calibration count below 1 before any work is done."""
     if value is None or value is False:
         return None
@@ -113,60 +98,8 @@ def quantize_dynamic_int8(source: Path, target: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Calibration data
+# Static quantisation
 # ----------------------------------------------------------------------------------------------
-
-@dataclass
-class CalibrationSet:
-    """Feeds of the image graph (one image each) and where they came from."""
-
-    feeds: list[dict[str, np.ndarray]]
-    source: str
-    names: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "count": len(self.feeds), "images": self.names}
-
-
-def calibration_samples(count: int, data_root: Path | None = None) -> tuple[list[tuple[str, np.ndarray, str]], str]:
-    """`count` (name, rgb, report) training pairs spread evenly over QaTa-COV19's Train split,
-    or built-in synthetic images when the data is absent."""
-    from lga_export.imageio import read_image
-    from lga_export.samples import default_data_root, synthetic_samples
-
-    if count < 1:
-        raise LGAError(f"--calibration-samples must be at least 1, not {count}")
-    root = data_root or default_data_root()
-    if root is not None and (Path(root) / "qata-cov19" / "Train_Folder").is_dir():
-        from lga_export.data.lvit import index_split
-
-        index = index_split(Path(root) / "qata-cov19", "Train", skip_bad=True, check_files=False)
-        if len(index):
-            picks = np.linspace(0, len(index) - 1, num=min(count, len(index))).round().astype(int)
-            chosen = [index.samples[i] for i in dict.fromkeys(picks.tolist())]
-            return ([(s.image.name, read_image(s.image), s.text) for s in chosen],
-                    f"qata-cov19 Train ({Path(root)}), {len(chosen)} of {len(index)} images, evenly spaced")
-    samples = synthetic_samples(count, seed=CALIBRATION_SEED)
-    return [(s.name, s.rgb, s.text) for s in samples], f"built-in synthetic samples (seed {CALIBRATION_SEED})"
-
-
-def calibration_set(config, text_graph: Path, tokenizer_dir: Path, count: int = CALIBRATION_SAMPLES,
-                    data_root: Path | None = None) -> CalibrationSet:
-    """Image-graph feeds for calibration: each training image preprocessed by the pipeline,
-    with the FP32 text graph's embedding of its report."""
-    from lga_export.export.specs import TEXT_GRAPH, image_feeds
-    from lga_export.runtime.ort_runner import OnnxRuntimeRunner
-    from lga_export.runtime.pipeline import Segmenter
-
-    pairs, source = calibration_samples(count, data_root)
-    feeds = []
-    with OnnxRuntimeRunner(config, {TEXT_GRAPH: text_graph}, tokenizer_dir=tokenizer_dir, low_memory=True,
-                           cache_dir=False) as runner:
-        segmenter = Segmenter(runner)
-        for _, rgb, text in pairs:
-            feeds.append(image_feeds(segmenter.image_batch([rgb]), segmenter.text_embeddings([text])))
-    return CalibrationSet(feeds, source, [name for name, _, _ in pairs])
-
 
 class _Reader:
     """ONNX Runtime CalibrationDataReader over a list of feeds (re-readable)."""
@@ -194,84 +127,28 @@ def _reader(feeds: list[dict[str, np.ndarray]]):
     return Reader(feeds)
 
 
-# ----------------------------------------------------------------------------------------------
-# Which nodes stay FP32
-# ----------------------------------------------------------------------------------------------
-
-def node_scopes(model) -> dict[str, str]:
-    """Node name -> its PyTorch module path ('model.ffms.0.image_update.attn.v_proj/linear_6'),
-    from the name scopes the dynamo exporter records ('' when a node has none)."""
-    scopes = {}
-    for node in model.graph.node:
-        value = next((p.value for p in node.metadata_props if p.key == _SCOPE_KEY), None)
-        try:
-            parts = ast.literal_eval(value) if value else []
-        except (ValueError, SyntaxError):
-            parts = []
-        path = [p for p in parts if p]
-        scopes[node.name] = (max((p for p in path[:-1]), key=len, default="") + "/" + path[-1]) if path else ""
-    return scopes
-
-
-def activation_matmuls(model) -> list[str]:
-    """MatMuls whose second input is computed, not a weight: attention's q @ k^T and
-    softmax @ v. ONNX Runtime's QDQ quantiser ignores its MatMulConstBOnly option, so they are
-    excluded by name (quantising the softmax output of SAM's global attention to 8 bits wrecks
-    the masks: 1024-4096 keys, most probabilities below 1/255)."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    produced = {}
-    for node in model.graph.node:
-        for output in node.output:
-            produced[output] = node
-
-    def constant(name: str, depth: int = 0) -> bool:  # a weight, possibly behind Transpose/Reshape/Cast
-        if name in constants:
-            return True
-        node = produced.get(name)
-        return (node is not None and depth < 4 and node.op_type in ("Transpose", "Reshape", "Cast", "Identity")
-                and bool(node.input) and constant(node.input[0], depth + 1))
-
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not constant(n.input[1])]
-
-
-def nodes_matching(model, patterns: Iterable[str], op_types: Iterable[str] = STATIC_OPS) -> list[str]:
-    """Names of the nodes of `op_types` whose module path matches any pattern (re.search)."""
-    compiled = [re.compile(p) for p in patterns]
-    ops = set(op_types)
-    scopes = node_scopes(model)
-    return [node.name for node in model.graph.node
-            if node.op_type in ops and any(c.search(scopes.get(node.name, "")) for c in compiled)]
-
-
-def kept_fp32_nodes(model, scopes: Iterable[str], attention_products: bool,
-                    op_types: Iterable[str] = STATIC_OPS) -> list[str]:
-    """Node names an INT8 graph keeps in FP32: the `op_types` nodes under `scopes`, and with
-    `attention_products` the activation x activation MatMuls (ONNX Runtime and OpenVINO alike)."""
-    return list(dict.fromkeys([*(activation_matmuls(model) if attention_products else []),
-                               *nodes_matching(model, scopes, op_types)]))
-
-
-# ----------------------------------------------------------------------------------------------
-# Static quantisation
-# ----------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class StaticSettings:
-    """How the static graph is made; the defaults are the measured best (issue #12)."""
+    """How the static graph is made; the defaults are the measured best (issue #12), and
+    `static_settings` adds the model family's scopes kept FP32."""
 
     activation_type: str = "QUInt8"
     weight_type: str = "QInt8"
     per_channel: bool = True
     calibrate_method: str = "MinMax"
     op_types: tuple[str, ...] = STATIC_OPS
-    exclude_scopes: tuple[str, ...] = tuple(SENSITIVE_SCOPES)
+    exclude_scopes: Mapping[str, str] = field(default_factory=dict)  # module-path pattern -> why kept FP32
     weight_matmuls_only: bool = True  # activation x activation MatMuls (attention) stay FP32
     extra: tuple[tuple[str, Any], ...] = ()
 
 
+def static_settings(config) -> StaticSettings:
+    """The measured best settings, keeping FP32 the scopes `config`'s family declares."""
+    return StaticSettings(exclude_scopes=dict(spec_of(config.family).int8_fp32_scopes))
+
+
 def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet,
-                         settings: StaticSettings = StaticSettings(), *, exclude_nodes: Iterable[str] = (),
+                         settings: StaticSettings, *, exclude_nodes: Iterable[str] = (),
                          cache: Path | None = None) -> dict[str, Any]:
     """Write the QDQ INT8 graph `target` (one file) from the FP32 graph `source`, calibrated on
     `calibration`; return the manifest's `int8` entry. `cache`: a JSON calibration-range cache
@@ -305,7 +182,7 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet
             "per_channel": settings.per_channel, "calibrate_method": settings.calibrate_method,
             "op_types": list(settings.op_types), "weight_matmuls_only": settings.weight_matmuls_only,
             "calibration": calibration.to_dict(), "seconds": round(seconds, 1),
-            "excluded_scopes": {p: SENSITIVE_SCOPES.get(p, "") for p in settings.exclude_scopes},
+            "excluded_scopes": dict(settings.exclude_scopes),
             "excluded_nodes": [f"{name} ({scopes.get(name, '')})" for name in excluded],
             "text_graph": "fp32"}
 
@@ -335,11 +212,9 @@ def quantize_int8(method: str, source: Path, target: Path, *, config=None, text_
     from lga_export.runtime.registry import int8_format_of
 
     if int8_format_of(method) == OPENVINO_IR:  # NNCF writes OpenVINO's IR
-        from lga_export.export.quantize_ov import quantize_ov_int8
-
         return quantize_ov_int8(source, target, config=config, text_graph=text_graph, tokenizer_dir=tokenizer_dir,
                                 data_root=data_root, count=count, log=log)
     calibration = calibration_set(config, text_graph, tokenizer_dir, count, data_root)
     log(f"quantising the image graph to INT8 (static QDQ, calibrated on {len(calibration.feeds)} images of "
         f"{calibration.source.split(' (')[0]}) ...")
-    return quantize_static_int8(source, target, calibration)
+    return quantize_static_int8(source, target, calibration, static_settings(config))

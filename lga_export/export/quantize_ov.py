@@ -29,27 +29,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lga_export.errors import LGAError
-from lga_export.export.quantize import SENSITIVE_SCOPES
+from lga_export.export.calibration import calibration_set
+from lga_export.export.kept_nodes import kept_fp32_nodes
+from lga_export.families import spec_of
 
 MISSING_NNCF = ('--int8 ov needs NNCF and OpenVINO; pip install "lga-export[int8]"')
 
 
-# The fusion modules (FFMs) stay FP32 as well as SENSITIVE_SCOPES: in the trained default model,
-# keeping the image half of the FFMs (the image tokens reading the single text token, scaled by
-# gamma) in FP32 raised the worst agreement over 100 QaTa Val images from 0.668 to 0.938. They
-# carry a small share of the FLOPs.
-FFM_SCOPE = r"^model\.ffms\."
-
-
 @dataclass(frozen=True)
 class OpenVinoInt8Settings:
-    """How the OpenVINO INT8 graph is made. The defaults are the measured best (issue #12, record
+    """How the OpenVINO INT8 graph is made. The defaults, with the family's scopes kept FP32
+    (`ov_int8_settings`), are the measured best (issue #12, record
     `benchmarks/records/2026-11-30-tiny-ov-int8-ablation`: the trained default model, 64 QaTa
     Train images for calibration, worst / mean mask agreement with ONNX Runtime FP32 over 100 QaTa
     Val images, 2-core Xeon with VNNI):
 
     - NNCF's defaults (symmetric activations, mean ranges, everything quantised): 0.668 / 0.926;
-    - the FFMs, patch embedding, neck, decoder and attention products FP32: 0.937 / 0.995;
+    - the FFMs, patch embedding, neck, decoder (the family's `ov_int8_fp32_scopes`) and attention
+      products FP32: 0.937 / 0.995;
     - the same with global min/max activation ranges: 0.980 / 0.996; with asymmetric activations
       (MIXED) as well: 0.984 / 0.996, at 0.47x ONNX Runtime FP32 on the tiny image graph.
 
@@ -59,9 +56,14 @@ class OpenVinoInt8Settings:
     preset: str = "MIXED"  # MIXED: asymmetric activations, symmetric weights; PERFORMANCE: all symmetric
     activation_ranges: str | None = "MINMAX"  # a RangeEstimatorParametersSet name; None: NNCF's default
     smooth_quant: bool = False
-    exclude_scopes: tuple[str, ...] = (FFM_SCOPE, *SENSITIVE_SCOPES)  # module paths kept FP32
+    exclude_scopes: tuple[str, ...] = ()  # module paths kept FP32: the family's, by `ov_int8_settings`
     weight_matmuls_only: bool = True  # attention's activation x activation MatMuls stay FP32
     fast_bias_correction: bool = True
+
+
+def ov_int8_settings(config) -> OpenVinoInt8Settings:
+    """The measured best settings, keeping FP32 the scopes `config`'s family declares."""
+    return OpenVinoInt8Settings(exclude_scopes=tuple(spec_of(config.family).ov_int8_fp32_scopes))
 
 
 def nncf_modules():
@@ -76,8 +78,6 @@ def nncf_modules():
 def excluded_nodes(source: Path, settings: OpenVinoInt8Settings) -> list[str]:
     """ONNX node names kept FP32 (OpenVINO keeps them as its operations' friendly names)."""
     import onnx
-
-    from lga_export.export.quantize import kept_fp32_nodes
 
     if not settings.exclude_scopes and not settings.weight_matmuls_only:
         return []
@@ -129,7 +129,6 @@ def _child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("job", type=Path)
     job = json.loads(parser.parse_args(argv).job.read_text())
     from lga_export.config import LGAConfig
-    from lga_export.export.quantize import calibration_set
 
     config = LGAConfig.from_json(json.dumps(job["config"]))
     calibration = calibration_set(config, Path(job["text_graph"]), Path(job["tokenizer_dir"]), job["count"],
@@ -151,10 +150,11 @@ def _peak_memory_gb(who: str) -> float:
 
 
 def quantize_ov_int8(source: Path, target: Path, *, config, text_graph: Path, tokenizer_dir: Path,
-                     data_root: Path | None, count: int, settings: OpenVinoInt8Settings = OpenVinoInt8Settings(),
+                     data_root: Path | None, count: int, settings: OpenVinoInt8Settings | None = None,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The exporter's entry point: calibrate and quantise in a child process; return the
-    manifest's `int8` entry."""
+    """The exporter's entry point: calibrate and quantise in a child process (by `settings`, else
+    `ov_int8_settings(config)`); return the manifest's `int8` entry."""
+    settings = settings or ov_int8_settings(config)
     nncf_modules()  # a missing extra is one line here, not a traceback in the child
     with tempfile.TemporaryDirectory(prefix="lga-int8-ov-") as scratch:
         job, result = Path(scratch) / "job.json", Path(scratch) / "result.json"
