@@ -32,6 +32,34 @@ def results(default_model, tmp_path_factory, data_root) -> tuple[dict, Path]:
     return run_benchmark(default_model, out, settings, log=lambda _: None, progress=False), out
 
 
+def test_known_masks_give_known_figures_and_the_tolerance_decides() -> None:
+    """Dice and IoU of masks whose overlap is counted by hand, and the parity verdict flipping at the
+    tolerance's min_dice and atol: a figure merely in [0, 1] or a gate that ignores it fails here."""
+    import numpy as np
+
+    from lga_export.contract import Tolerance
+    from lga_export.verify.metrics import dice, iou
+    from lga_export.verify.parity import compare, failures
+
+    target = np.zeros((4, 4), bool)
+    target[:2, :2] = True  # 4 pixels
+    drawn = np.zeros((4, 4), bool)
+    drawn[0, :] = True  # 4 pixels, 2 of them in the target
+    assert dice(drawn, target) == pytest.approx(0.5) and iou(drawn, target) == pytest.approx(1 / 3)
+    assert dice(drawn, drawn) == pytest.approx(1.0) and dice(drawn, ~drawn) == 0.0
+    assert dice(target & False, target & False) == 1.0  # two empty masks agree
+    reference = np.where(target, 3.0, -1.0)[None].astype(np.float32)  # 1 x 4 x 4 logits
+    candidate = np.where(drawn, 1.0, -1.0)[None].astype(np.float32)
+    parity = compare(reference, candidate, ["x.png"], masks=True)
+    assert parity.dice_worst == pytest.approx(0.5) and parity.worst_sample == "x.png" and parity.max_abs_diff == 4.0
+    assert failures(parity, Tolerance(atol=None, min_dice=0.49)) == []
+    assert failures(parity, Tolerance(atol=None, min_dice=0.51)) == [
+        "mask Dice agreement 0.5000 < 0.51 at sample x.png"]
+    assert failures(parity, Tolerance(atol=4.0, min_dice=0.49)) == []
+    assert failures(parity, Tolerance(atol=3.9, min_dice=0.49)) == ["max abs difference 4 > 3.9"]
+    assert failures(parity, Tolerance(atol=3.9, min_dice=0.49), check_atol=False) == []
+
+
 def test_outputs_written_with_expected_keys(results) -> None:
     figures, out = results
     assert {"results.json", "report.md", "latency.png", "parity.png", "onnx"} <= {p.name for p in out.iterdir()}
@@ -47,8 +75,12 @@ def test_outputs_written_with_expected_keys(results) -> None:
         for batch in case["batches"].values():
             for part in ("text_encoder", "lga_image", "end_to_end"):
                 latency = batch["latency"][part]
-                assert latency["p50_ms"] > 0 and len(latency["times_ms"]) == 2
-                assert {"p90_ms", "p99_ms", "mean_ms", "throughput"} <= set(latency)
+                times = latency["times_ms"]
+                assert latency["p50_ms"] > 0 and len(times) == 2
+                # the summary is of these very times (not merely present): median, mean, order, rate
+                assert latency["p50_ms"] == pytest.approx(sum(times) / 2) == latency["mean_ms"]
+                assert min(times) <= latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"] <= max(times)
+                assert latency["throughput"] == pytest.approx(latency["batch"] * 1000.0 / latency["mean_ms"])
             assert batch["image_gflops"] > 0
             assert min(batch["parity"]["end_to_end"]["reference_foreground"]) > 0  # real masks compared
     ort = stored["cases"]["ort-fp32"]
