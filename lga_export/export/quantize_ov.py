@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lga_export.errors import LGAError
+from lga_export.errors import LGAError, one_line
 from lga_export.export.calibration import calibration_set
 from lga_export.export.kept_nodes import kept_fp32_nodes
 from lga_export.families import spec_of
@@ -179,8 +179,8 @@ def quantize_ov_int8(source: Path, target: Path, *, config, text_graph: Path, to
                            f"{_peak_memory_gb('RUSAGE_CHILDREN')} GB; vit_b needs about 7 GB); free memory or use "
                            f"--int8 dynamic")
         if process.returncode != 0 or not result.is_file():
-            last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "no message")
-            raise LGAError(f"the OpenVINO INT8 calibration failed ({last.strip()[:300]}); try --int8 dynamic")
+            last = one_line(stderr, 300, "last") or "no message"
+            raise LGAError(f"the OpenVINO INT8 calibration failed ({last}); try --int8 dynamic")
         done = json.loads(result.read_text())
     return {"method": "ov", "tool": "nncf.quantize", "runtime": "ov", "format": "OpenVINO IR",
             "nncf": done["nncf"], "openvino": done["openvino"], "settings": asdict(settings),
