@@ -36,8 +36,8 @@ from lga_export.runtime.host import cpu_identity  # noqa: E402
 from lga_export.runtime.openvino_runner import OpenVinoRunner  # noqa: E402
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
 from lga_export.runtime.pipeline import Segmenter  # noqa: E402
-from lga_export.families import spec_of  # noqa: E402
-from lga_export.families.spec import FFM_SCOPE  # noqa: E402
+from lga_export.family_specs import spec_of  # noqa: E402
+from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
 from lga_export.samples import validation_samples  # noqa: E402
 
 # NNCF's own defaults, nothing kept FP32; every variant changes that in the named ways.

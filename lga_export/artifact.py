@@ -13,14 +13,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import Any, TypedDict, cast
 
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.fileio import sha256_file
-
-if TYPE_CHECKING:
-    from lga_export.export.validate import ValidationReport
 
 MANIFEST = "manifest.json"
 EXPORT_FORMAT = "lga-export-onnx/2"
@@ -28,6 +25,39 @@ ENGINE_FORMAT = "lga-export-engine/2"
 TOKENIZER_DIR = "tokenizer"
 REEXPORT = "re-export with lga-export onnx --force"
 REBUILD = "rebuild with lga-export trt --force"
+
+
+# The manifest's `validation` record (written by export/validate.py, read by reports and runtimes).
+class _PrecisionRequired(TypedDict):
+    providers: Any  # runner.providers_in_use(): graph -> what executes it
+    reference: str
+    candidate: str
+    passed: bool
+    problems: list[str]
+    atol: float
+    min_dice: float
+
+
+class PrecisionValidation(_PrecisionRequired, total=False):
+    """One precision's figures: `PairParity.to_dict()` (with one Parity per part, keyed by the graph
+    names and end_to_end), what ran it, and whether every reference mask was empty."""
+
+    reference_masks_empty: bool
+
+
+class _ReportRequired(TypedDict):
+    batch: int
+    samples: list[str]
+    source: str
+    results: dict[str, PrecisionValidation]  # precision -> figures
+    passed: bool
+
+
+class ValidationReport(_ReportRequired, total=False):
+    """The manifest's `validation`: every precision against PyTorch; `dropped` (precision -> its
+    failure lines) when the export left failing reduced-precision graphs out."""
+
+    dropped: dict[str, list[str]]
 
 
 class GraphEntry(TypedDict):

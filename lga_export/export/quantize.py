@@ -47,7 +47,7 @@ from lga_export.errors import LGAError
 from lga_export.export.calibration import CALIBRATION_SAMPLES, CalibrationSet, calibration_set
 from lga_export.export.kept_nodes import STATIC_OPS, kept_fp32_nodes, node_scopes
 from lga_export.export.quantize_ov import quantize_ov_int8
-from lga_export.families import spec_of
+from lga_export.family_specs import spec_of
 
 INT8_METHODS = ("static", "dynamic", "ov")
 CALIBRATED = ("static", "ov")

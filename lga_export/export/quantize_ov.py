@@ -31,7 +31,7 @@ from typing import Any, Callable
 from lga_export.errors import LGAError, one_line
 from lga_export.export.calibration import calibration_set
 from lga_export.export.kept_nodes import kept_fp32_nodes
-from lga_export.families import spec_of
+from lga_export.family_specs import spec_of
 
 MISSING_NNCF = ('--int8 ov needs NNCF and OpenVINO; pip install "lga-export[int8]"')
 

@@ -9,47 +9,15 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-from lga_export.artifact import is_openvino_ir
+from lga_export.artifact import PrecisionValidation, ValidationReport, is_openvino_ir
 from lga_export.contract import tolerance
 from lga_export.runtime.sample_runs import run_samples
 from lga_export.verify.comparator import compare_outputs
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner
 from lga_export.runtime.registry import open_runner
 from lga_export.samples import validation_samples
-
-
-class _PrecisionRequired(TypedDict):
-    providers: Any  # runner.providers_in_use(): graph -> what executes it
-    reference: str
-    candidate: str
-    passed: bool
-    problems: list[str]
-    atol: float
-    min_dice: float
-
-
-class PrecisionValidation(_PrecisionRequired, total=False):
-    """One precision's figures: `PairParity.to_dict()` (with one Parity per part, keyed by the graph
-    names and end_to_end), what ran it, and whether every reference mask was empty."""
-
-    reference_masks_empty: bool
-
-
-class _ReportRequired(TypedDict):
-    batch: int
-    samples: list[str]
-    source: str
-    results: dict[str, PrecisionValidation]  # precision -> figures
-    passed: bool
-
-
-class ValidationReport(_ReportRequired, total=False):
-    """The manifest's `validation`: every precision against PyTorch; `dropped` (precision -> its
-    failure lines) when the export left failing reduced-precision graphs out."""
-
-    dropped: dict[str, list[str]]
 
 
 def _staged_runner(config, files: dict[str, Path], precision: str, tokenizer_dir: Path):

@@ -1,15 +1,34 @@
 """What a model family declares without PyTorch: the config arithmetic and checks that differ between
 families, and what its exported graphs keep in FP32. The config, the exporter, both quantisers and
-the lean runtime read this; `families/<name>_spec.py` holds each family's, `families/<name>.py` its
+the lean runtime read this; `family_specs/<name>.py` holds each family's, `families/<name>.py` its
 torch builder."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
-if TYPE_CHECKING:
-    from lga_export.config import LGAConfig
+
+class ArchitectureFields(Protocol):
+    """The fields of an `LGAConfig` the family declarations read (the config imports this package,
+    so the declarations name what they need instead of importing the config)."""
+
+    family: str
+    preset: str
+    image_size: int
+    patch_size: int
+    depth: int
+    embed_dim: int
+    num_ffms: int
+    attn_ratio: int
+    mlp_reduction: int
+    stage_dims: tuple[int, ...]
+    stage_depths: tuple[int, ...]
+    stage_heads: tuple[int, ...]
+    stage_windows: tuple[int, ...]
+
+    @property
+    def ffm_stage_indexes(self) -> tuple[int, ...]: ...
 
 # Ops kept in FP32 inside FP16 graphs (both graphs: the text branch is every family's): normalisations
 # (LayerNorm and SAM's LayerNorm2d, which exports as ReduceMean/Pow/Sqrt/Div), softmax, and the text
@@ -29,9 +48,9 @@ class FamilySpec:
     `ov_int8_fp32_scopes`: the same for NNCF's OpenVINO INT8 (in the order recorded in manifests)."""
 
     name: str
-    check: Callable[["LGAConfig"], None]  # raises LGAError for an architecture this family cannot build
-    grid_size: Callable[["LGAConfig"], int]  # side of the image-embedding grid
-    fusion_widths: Callable[["LGAConfig"], tuple[int, ...]]  # each FFM's width, the image-only one last
+    check: Callable[[ArchitectureFields], None]  # raises LGAError for an architecture this family cannot build
+    grid_size: Callable[[ArchitectureFields], int]  # side of the image-embedding grid
+    fusion_widths: Callable[[ArchitectureFields], tuple[int, ...]]  # each FFM's width, the image-only one last
     fp16_fp32_ops: tuple[str, ...]
     int8_fp32_scopes: Mapping[str, str]
     ov_int8_fp32_scopes: Mapping[str, str]

@@ -3,13 +3,8 @@ FFM widths, and what its reduced-precision graphs keep in FP32."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lga_export.errors import LGAError
-from lga_export.families.spec import FFM_SCOPE, SHARED_FP16_FP32_OPS, FamilySpec
-
-if TYPE_CHECKING:
-    from lga_export.config import LGAConfig
+from lga_export.family_specs.spec import FFM_SCOPE, SHARED_FP16_FP32_OPS, ArchitectureFields, FamilySpec
 
 # Module paths whose nodes stay FP32 in the static INT8 graph, and why. Found by ablation on the
 # trained default model (each module group quantised alone, then everything but it; worst mask
@@ -30,7 +25,7 @@ OV_INT8_FP32_SCOPES: dict[str, str] = {FFM_SCOPE: "fusion modules; kept FP32: wo
                                        **INT8_FP32_SCOPES}
 
 
-def check(config: LGAConfig) -> None:
+def check(config: ArchitectureFields) -> None:
     """Patch grid, FFM count (one at the input of each block, one after the last) and widths."""
     if config.image_size % config.patch_size:
         raise LGAError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
@@ -40,12 +35,12 @@ def check(config: LGAConfig) -> None:
         raise LGAError(f"embed_dim {config.embed_dim} must divide by attn_ratio and mlp_reduction")
 
 
-def grid_size(config: LGAConfig) -> int:
+def grid_size(config: ArchitectureFields) -> int:
     """One token per patch: 64 for SAM at 1024 px with 16-px patches."""
     return config.image_size // config.patch_size
 
 
-def fusion_widths(config: LGAConfig) -> tuple[int, ...]:
+def fusion_widths(config: ArchitectureFields) -> tuple[int, ...]:
     """Every FFM works at the ViT's one width."""
     return (config.embed_dim,) * config.num_ffms
 

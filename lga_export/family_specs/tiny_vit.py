@@ -3,13 +3,8 @@ FFM widths, and what its reduced-precision graphs keep in FP32."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lga_export.errors import LGAError
-from lga_export.families.spec import FFM_SCOPE, SHARED_FP16_FP32_OPS, FamilySpec
-
-if TYPE_CHECKING:
-    from lga_export.config import LGAConfig
+from lga_export.family_specs.spec import FFM_SCOPE, SHARED_FP16_FP32_OPS, ArchitectureFields, FamilySpec
 
 # TinyViT names its stem `patch_embed` (two stride-2 convolutions) and its output `neck` (SAM's
 # convolutions and LayerNorm2d), and the mask decoder is SAM's, so SAM-ViT's INT8 scopes name the
@@ -24,7 +19,7 @@ OV_INT8_FP32_SCOPES: dict[str, str] = {FFM_SCOPE: "fusion modules (as SAM-ViT's;
                                        **INT8_FP32_SCOPES}
 
 
-def check(config: LGAConfig) -> None:
+def check(config: ArchitectureFields) -> None:
     """Per-stage lists of one length, one FFM at the input of each transformer stage at most (plus
     the image-only one after the last), and stage widths the FFMs can split."""
     stages = len(config.stage_dims)
@@ -38,12 +33,12 @@ def check(config: LGAConfig) -> None:
         raise LGAError(f"every stage width {config.stage_dims} must divide by attn_ratio and mlp_reduction")
 
 
-def grid_size(config: LGAConfig) -> int:
+def grid_size(config: ArchitectureFields) -> int:
     """TinyViT's output grid is a quarter of the image side (64 at 256 px), whatever its patch_size."""
     return config.image_size // 4
 
 
-def fusion_widths(config: LGAConfig) -> tuple[int, ...]:
+def fusion_widths(config: ArchitectureFields) -> tuple[int, ...]:
     """Each full FFM at its stage's width, the image-only one at the last stage's."""
     return tuple(config.stage_dims[i] for i in config.ffm_stage_indexes) + (config.stage_dims[-1],)
 
