@@ -272,9 +272,12 @@ def test_gpu_cases_are_compared_with_a_gpu_peak():
     """#22 bug 6: a GPU case's GFLOP/s against the matmul peak of its precision measured on the GPU
     (no percentage for INT8 there), a CPU case against ONNX Runtime's CPU MatMul peak."""
     from lga_export.bench.core import _add_gflops
+    from lga_export.runtime.base import RunnerDescription
 
     def case(precision, on_cpu):
-        return {"precision": precision, "description": {"on_cpu": on_cpu},
+        described = RunnerDescription(backend="any", precision=precision, precision_in_use=precision,
+                                      device="cpu" if on_cpu else "cuda", on_cpu=on_cpu)
+        return {"precision": precision, "description": described.to_dict(),
                 "batches": {"1": {"latency": {"lga_image": {"p50_ms": 1.0}}}}}
 
     results = {"compute": {"image_graph_flops": {"flops": 10**9}, "matmul_peak": {"gflops_best": 100.0},
