@@ -33,26 +33,28 @@ What a failed check does (`MODES`):
 Every runner records the outcome as `runner.self_check` (a SelfCheck): in `describe()`,
 `description().self_check`, lga-bench's results.json and report, and serve's /v1/model.
 
-Cost (`benchmarks/self_check_cost.py`, median of 3 runs, each in fresh cache folders; 2-core AMD
-EPYC with avx512_bf16, OpenVINO 2026.4.1, ONNX Runtime 1.32.0, 2026-12-01, shared with other jobs:
-load average 5-10 on 2 cores, so absolute seconds are inflated and varied up to 3x between runs).
-"check" is the self-check's own share of the first open (the FP32 reference opened and compiled,
-the sample through both, the verdict stored); "first open" is the whole first open with it, "without"
-the same first open with --no-self-check; "cached" is a later open (the verdict read: well under a
-millisecond of it is the check's; the rest is the runner's own start-up from its compile cache):
+Cost (`benchmarks/self_check_cost.py`, median of 3 runs, each in fresh cache folders; the idle
+2-core AMD EPYC with avx512_bf16, OpenVINO 2026.4.1, ONNX Runtime 1.32.0, 2026-12-01; record
+`benchmarks/records/2026-12-01-self-check-cost-idle`). "check" is the self-check's own share of the
+first open (the FP32 reference opened and compiled, the sample through both, the verdict stored);
+"first open" is the whole first open with it, "without" the same first open with --no-self-check;
+"cached" is a later open (the verdict read in under a millisecond; the rest is the runner's own
+start-up from its compile cache):
 
 | model | case | verdict (worst agreement) | check s | first open s | without s | cached open s | verdict lookup ms |
 | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |
-| lite (the embedded default) | ov-bf16 | failed (0.9010 < 0.99) | 18.2 | 26.5 | 5.7 | 2.54 | 0.3 |
-| lite | ort-fp16 | passed (0.9979) | 10.1 | 11.9 | 1.1 | 0.84 | 0.3 |
-| lite | ort-int8 (dynamic) | failed (0.8903 < 0.98) | 5.7 | 6.6 | 0.7 | 0.41 | 0.3 |
-| tiny | ov-bf16 | passed (0.9988) | 3.6 | 6.3 | 3.1 | 2.78 | 0.3 |
-| tiny | ort-fp16 | passed (0.9999) | 5.4 | 7.6 | 3.2 | 0.63 | 4.4 |
-| tiny | ort-int8 (dynamic) | passed (0.9988) | 2.1 | 3.2 | 0.6 | 0.62 | 0.3 |
+| lite (the embedded default) | ov-bf16 | failed (0.9540 < 0.99) | 4.22 | 6.28 | 2.02 | 1.19 | 0.5 |
+| lite | ort-fp16 | passed (0.9977) | 4.25 | 5.03 | 0.77 | 0.41 | 0.4 |
+| lite | ort-int8 (dynamic) | failed (0.8909 < 0.98) | 3.75 | 4.35 | 0.60 | 0.38 | 0.4 |
+| tiny | ov-bf16 | passed (0.9988) | 2.24 | 4.10 | 1.84 | 0.97 | 0.4 |
+| tiny | ort-fp16 | passed (0.9999) | 0.98 | 1.62 | 0.56 | 0.29 | 0.5 |
+| tiny | ov-int8 | passed (0.9985) | 1.64 | 3.11 | 1.70 | 0.91 | 0.5 |
 
 The two lite failures are real, not the check sample's: on 8 QaTa Val images lite's worst mask
-agreement with ov-fp32 was 0.8567 in ov-bf16 and 0.8260 in ort-int8 (ort-fp16 0.9934), so on this
-CPU `--precision bf16` of lite is refused and the demo shows ov-bf16 failing.
+agreement with PyTorch FP32 was 0.8777 in ov-bf16 (`benchmarks/records/2026-12-01-cpu-side-by-side`)
+and its INT8 graphs miss the export's 0.98 gate, so on this CPU `--precision bf16` of lite is
+refused and the demo shows ov-bf16 failing; the cause is the model's sensitivity to its input
+(`benchmarks/records/2026-12-01-lite-precision-sensitivity`).
 """
 
 from __future__ import annotations
