@@ -27,12 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def agreement(reference: torch.Tensor, candidate: torch.Tensor) -> list[float]:
-    """Per-image Dice between the two models' masks (logits > 0); 1.0 where both are empty."""
-    scores = []
-    for a, b in zip(reference > 0, candidate > 0):
-        total = a.sum().item() + b.sum().item()
-        scores.append(1.0 if total == 0 else 2.0 * (a & b).sum().item() / total)
-    return scores
+    """Per-image Dice between the two models' masks (logits > 0): the parity gates' own measure."""
+    from lga_export.verify.metrics import mask_agreement
+
+    return mask_agreement(reference.numpy(), candidate.numpy())
 
 
 @contextmanager
