@@ -60,6 +60,18 @@ def test_known_masks_give_known_figures_and_the_tolerance_decides() -> None:
     assert failures(parity, Tolerance(atol=3.9, min_dice=0.49), check_atol=False) == []
 
 
+def test_latency_summary_and_its_results_schema_have_the_same_fields() -> None:
+    """timing.Latency and results.LatencyFigures (the results.json schema) describe one record twice;
+    a field added to one and not the other fails here."""
+    from dataclasses import fields
+
+    from lga_export.bench.results import LatencyFigures
+    from lga_export.bench.timing import Latency, summarize
+
+    assert {f.name for f in fields(Latency)} == set(LatencyFigures.__annotations__)
+    assert set(summarize([1.0, 3.0], batch=2).to_dict()) == set(LatencyFigures.__annotations__)
+
+
 def test_outputs_written_with_expected_keys(results) -> None:
     figures, out = results
     assert {"results.json", "report.md", "latency.png", "parity.png", "onnx"} <= {p.name for p in out.iterdir()}

@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lga_export.bench.results import LatencyFigures
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -23,8 +25,9 @@ class Latency:
     throughput: float  # images (or texts) per second at the mean latency
     device_ms: dict[str, Any] | None = None  # the runner's CUDA-event times of its enqueued graph work
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> LatencyFigures:
+        """The results.json form; its schema is `bench.results.LatencyFigures` (a test keeps the two alike)."""
+        return LatencyFigures(**asdict(self))
 
 
 def summarize(times_ms: list[float], batch: int) -> Latency:
