@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds  # noqa: E402
+from lga_export.errors import LGAError  # noqa: E402
 from lga_export.resample import logits_to_mask  # noqa: E402
 from lga_export.runtime.pipeline import Segmenter  # noqa: E402
 from lga_export.runtime.registry import open_runner  # noqa: E402
@@ -70,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     options = {"threads": args.threads} if args.threads else {}
-    runner = open_runner(args.backend, args.export, args.precision, self_check="off", **options)
+    try:
+        runner = open_runner(args.backend, args.export, args.precision, self_check="off", **options)
+        samples, source = validation_samples(args.batch, args.data or default_data_root())
+    except LGAError as exc:
+        parser.error(str(exc))
     segmenter = Segmenter(runner)
-    samples, source = validation_samples(args.batch, args.data or default_data_root())
     rgbs, texts = [s.rgb for s in samples], [s.text for s in samples]
     text_feeds = segmenter.text_feeds(texts)
     embedding = runner.infer(TEXT_GRAPH, text_feeds)[segmenter.text_output]

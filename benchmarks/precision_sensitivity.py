@@ -69,6 +69,7 @@ def parts(model) -> dict[str, list[torch.nn.Module]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lga_export.errors import LGAError
     from lga_export.loading import load_model
     from lga_export.modeling.text_encoder import load_tokenizer
     from lga_export.preprocess import normalize
@@ -85,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = load_model(None, args.checkpoint).eval()
-    samples, source = validation_samples(args.samples, args.data or default_data_root())
+    try:
+        model = load_model(None, args.checkpoint).eval()
+        samples, source = validation_samples(args.samples, args.data or default_data_root())
+    except LGAError as exc:
+        parser.error(str(exc))
     tokens = load_tokenizer(model.config.text_model)([s.text for s in samples], padding="max_length",
                                                      truncation=True, max_length=model.config.max_text_length,
                                                      return_tensors="pt")
