@@ -178,3 +178,26 @@ def test_init_from_starts_a_new_run_at_the_checkpoints_weights(lvit_root, tmp_pa
     with pytest.raises(LGAError, match="holds a tiny model"):
         train(dataclasses.replace(get_preset("tiny"), num_ffms=2),
               _settings(lvit_root, tmp_path / "bad", max_steps=1, init_from=first / "last" / "model.safetensors"))
+
+
+def test_prefix_noise_is_bounded_per_image_and_reproducible():
+    """--prefix-noise: each image's noise has a standard deviation of at most `relative` x its own
+    token RMS (drawn from 0 up, so sizes differ between images), and the same seed gives the same draws."""
+    from lga_export.training.step import perturb_prefix
+
+    tokens = torch.randn(6, 64, 16) * torch.tensor([0.1, 1.0, 10.0, 0.5, 2.0, 5.0]).view(6, 1, 1)
+    noisy = perturb_prefix(tokens, 0.2, torch.Generator().manual_seed(3))
+    rms = tokens.pow(2).mean(dim=(1, 2)).sqrt()
+    relative = (noisy - tokens).std(dim=(1, 2)) / rms
+    assert (relative < 0.2 * 1.1).all() and (relative > 0).all(), relative
+    assert relative.max() / relative.min() > 1.5, relative  # the size is drawn per image
+    torch.testing.assert_close(noisy, perturb_prefix(tokens, 0.2, torch.Generator().manual_seed(3)), rtol=0, atol=0)
+    torch.testing.assert_close(perturb_prefix(tokens, 0.0, torch.Generator()), tokens, rtol=0, atol=0)
+
+
+def test_prefix_noise_without_a_prefix_cache_is_refused(lvit_root, tmp_path):
+    from lga_export.errors import LGAError
+
+    with pytest.raises(LGAError, match="--prefix-noise perturbs cached prefix tokens"):
+        train(get_preset("tiny"), _settings(lvit_root, tmp_path / "run", max_steps=1, prefix_noise=0.1))
+    assert not (tmp_path / "run").exists()

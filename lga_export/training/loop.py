@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 BEST_FILE = "best.safetensors"
 _RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "augment", "grad_clip",
                   "train_split", "val_split", "train_limit", "val_limit", "bf16", "prefix_cache",
-                 "init_from")  # must not change on --resume
+                  "init_from", "prefix_noise")  # must not change on --resume
 OUTPUT_FILES = (BEST_FILE, "metrics.csv", "metrics.jsonl", "steps.csv", "learning_curve.png", "train.json")
 
 
@@ -60,6 +60,7 @@ class TrainSettings:
     prefix_cache: bool = True  # cache the frozen stages before the first FFM (needs augment off)
     val_every: int | None = None  # validate every N steps as well as at each epoch end
     init_from: Path | None = None  # start from this LGA checkpoint's weights (fine-tuning) instead of the init
+    prefix_noise: float = 0.0  # Gaussian noise on cached prefix tokens, up to this x their RMS (step.perturb_prefix)
     resume: bool = False
     force: bool = False
     progress: bool = True
@@ -246,6 +247,9 @@ class _Run:
             self.train_prefixes = PrefixCache(model, train_samples, out / "prefix_cache", "train")
             self.val_prefixes = PrefixCache(model, val_samples, out / "prefix_cache", "val")
             log.info("caching the frozen encoder stages before the first FFM in %s", out / "prefix_cache")
+        if settings.prefix_noise and self.train_prefixes is None:
+            raise LGAError("--prefix-noise perturbs cached prefix tokens: it needs --no-augment, the prefix cache "
+                           "and a model with a frozen encoder whose early stages can be cached (preset lite)")
         self.steps_per_epoch = max(1, len(self.dataset) // settings.batch_size)  # drop_last: equal batches
         self.total_steps = settings.epochs * self.steps_per_epoch
         self.stop_at = min(self.total_steps, settings.max_steps) if settings.max_steps else self.total_steps
@@ -324,8 +328,9 @@ class _Run:
             lr = lr_at(step, settings.lr, settings.warmup_steps, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            noise = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)  # same draws on --resume
             loss = train_step(self.model, self.optimizer, self.embedder, batch, self.params, settings.grad_clip,
-                              self.train_prefixes, settings.bf16)
+                              self.train_prefixes, settings.bf16, settings.prefix_noise, noise)
             if not math.isfinite(loss.item()):
                 raise LGAError(f"the loss became {loss.item()} at step {step}; lower --lr")
             progress["step"] = step + 1
