@@ -9,6 +9,10 @@ model, and (2) FP32 runs on inputs perturbed far below what a viewer sees: the n
 rounded to BF16 or FP16, and uniform noise of +-half a grey level (1/510 of the range). When
 noise alone moves the masks as much as BF16 does, the model is what is sensitive, not the
 arithmetic: keeping a few layers in FP32 cannot make such a model pass a 0.99 agreement gate.
+For a model whose first stages can be cached in training (`encode_prefix`, lite), also: how far
+BF16 and the input noise move those stages' output tokens (relative RMS), and how the masks move when
+i.i.d. Gaussian noise of a given size is added to the FP32 tokens instead, which is what
+`lga-export train --prefix-noise` trains against.
 Prints one line per case (worst and mean mask Dice agreement with FP32, per image) and writes JSON.
 """
 
@@ -68,6 +72,29 @@ def parts(model) -> dict[str, list[torch.nn.Module]]:
     return groups
 
 
+def prefix_cases(model, images: torch.Tensor, noise: torch.Tensor, tokens) -> dict:
+    """Relative RMS change of the cached-prefix tokens under BF16 and input noise, and the masks'
+    agreement when FP32 tokens get Gaussian noise of 2-20% of their RMS instead."""
+    with torch.no_grad():
+        text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        clean = model.encode_prefix(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.encode_prefix(images).float()
+        noisy = model.encode_prefix(images + noise)
+        reference = model.forward_suffix(clean, text).float()
+        rms = clean.pow(2).mean().sqrt()
+        result: dict = {"BF16 prefix": float((bf16 - clean).pow(2).mean().sqrt() / rms),
+                        "input +- half a grey level": float((noisy - clean).pow(2).mean().sqrt() / rms), "cases": {}}
+        generator = torch.Generator().manual_seed(1)
+        for relative in (0.02, 0.05, 0.1, 0.2):
+            perturbed = clean + torch.randn(clean.shape, generator=generator) * rms * relative
+            result["cases"][f"FP32, prefix tokens + {relative:.0%} RMS Gaussian"] = agreement(
+                reference, model.forward_suffix(perturbed, text).float())
+    print(f"prefix tokens move by {result['BF16 prefix']:.1%} of their RMS in BF16, "
+          f"{result['input +- half a grey level']:.1%} with the input noise", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     from lga_export.errors import LGAError
     from lga_export.loading import load_model
@@ -110,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     cases["FP32, input rounded to FP16"] = agreement(reference, run(images.half().float()))
     noise = (torch.rand_like(images) - 0.5) * (span / 255.0)
     cases["FP32, input +- half a grey level"] = agreement(reference, run(images + noise))
+    prefix = prefix_cases(model, images, noise, tokens) if hasattr(model, "encode_prefix") else {}
+    cases.update(prefix.pop("cases", {}))
     for name, scores in cases.items():
         print(f"{name:40s} worst {min(scores):.4f} mean {sum(scores) / len(scores):.4f} "
               f"per image {[round(s, 3) for s in scores]}", flush=True)
     record = {"model": model.config.preset, "checkpoint": str(args.checkpoint or "embedded default"),
               "samples": source, "images": [s.name for s in samples],
-              "foreground_fraction_fp32": [float((r > 0).float().mean()) for r in reference], "cases": cases}
+              "foreground_fraction_fp32": [float((r > 0).float().mean()) for r in reference], "cases": cases,
+              "prefix_relative_rms_change": prefix}
     if args.out:
         args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0

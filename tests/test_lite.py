@@ -133,3 +133,47 @@ def test_sam_vit_configs_keep_their_json_and_old_ones_load_as_sam_vit():
     assert LGAConfig.from_json(lite.to_json()) == lite
     with pytest.raises(LGAError, match="num_ffms must be between 1 and 4"):
         lite.replace(num_ffms=5)
+
+
+def test_the_training_prefix_cache_verifies_what_it_reuses(lite, lvit_root, tmp_path):
+    """Prefix tokens match PyTorch's; a reopened cache is read, not recomputed; a stored entry
+    damaged on disk and a damaged prefix graph are found and replaced; the key follows the image
+    files' contents, not their paths."""
+    from PIL import Image
+
+    from lga_export.data.dataset import SegmentationDataset
+    from lga_export.data.lvit import Sample, index_split
+    from lga_export.training.prefix_cache import PrefixCache, cosine
+
+    samples = index_split(lvit_root, "Train").samples[:2]
+    pixels = torch.stack([SegmentationDataset(samples, lite.config)[i]["pixels"] for i in range(2)])
+    with torch.no_grad():
+        expected = lite.encode_prefix(pixels).numpy()
+    folder = tmp_path / "prefix_cache"
+    cache = PrefixCache(lite, samples, folder, "train")
+    first = cache.get([0, 1], pixels).numpy()
+    assert cache.computed == 2 and min(cosine(first[i], expected[i]) for i in range(2)) > 0.99
+    cache.flush()
+
+    reopened = PrefixCache(lite, samples, folder, "train")
+    assert reopened.filled == 2
+    np.testing.assert_array_equal(reopened.get([0, 1], pixels).numpy(), first)
+    assert reopened.computed == 0
+
+    stored = np.load(cache.tokens.filename, mmap_mode="r+")
+    stored[0] = 0  # what a crash between tokens and flags, or a bad disk, leaves
+    stored.flush()
+    del stored
+    cache.graph.write_bytes(b"not an onnx graph")  # and a truncated graph beside it
+    healed = PrefixCache(lite, samples, folder, "train")
+    tokens = healed.get([0, 1], pixels).numpy()
+    assert healed.computed == 2 and min(cosine(tokens[i], expected[i]) for i in range(2)) > 0.99
+    assert cache.graph.stat().st_size > 1_000_000  # exported again
+
+    moved = tmp_path / "moved.png"
+    shutil.copy(samples[0].image, moved)
+    same_content = [Sample(samples[0].name, moved, samples[0].mask, samples[0].text), samples[1]]
+    healed.flush()
+    assert PrefixCache(lite, same_content, folder, "train").filled == 2
+    Image.open(moved).convert("L").point(lambda v: 255 - v).save(moved)
+    assert PrefixCache(lite, same_content, folder, "train").filled == 0

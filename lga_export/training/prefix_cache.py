@@ -10,13 +10,18 @@ load) and is filled lazily: each batch computes the images it has not seen, so t
 pays for the cache and training starts at once.
 
 Cache files live in `<run>/prefix_cache/`, named by a key over the prefix weights, the config,
-the precision and the image files, so a changed model or image list never meets stale tokens.
+the precision and the image files' contents, so a changed model or image never meets stale tokens.
+What is reused is verified like the runtime's caches: the prefix graph must reproduce PyTorch's
+prefix on a real image before it computes anything, a reopened cache has a sample of its stored
+tokens recomputed (a mismatch discards them), and an entry counts as done only once its tokens
+are on disk (the done flags are written after the tokens, atomically).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,26 @@ import torch
 from torch import nn
 
 from lga_export.data.lvit import Sample
+from lga_export.errors import LGAError
+from lga_export.fileio import atomic_file
+
+log = logging.getLogger(__name__)
+
+# Cosine similarity between the prefix graph's tokens and PyTorch FP32's for the same image: BF16
+# moves lite's prefix tokens by ~7% of their RMS (cosine ~0.997); a wrong graph lands far below.
+GRAPH_AGREEMENT = 0.99
+# A stored entry recomputed by the same compiled graph: only the float16 storage differs.
+STORED_AGREEMENT = 0.9999
+SPOT_CHECKS = 2
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def _file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class _Prefix(nn.Module):
@@ -56,7 +81,8 @@ class PrefixCache:
                  precision: str = "bf16") -> None:
         self.model = model
         self.precision = precision
-        files = [str(Path(s.image).resolve()) for s in samples]
+        self.samples = samples
+        files = [_file_digest(s.image) for s in samples]  # contents, not paths: an edited image is new
         weights = _prefix_digest(model)  # hashes the encoder's weights: once
         key = hashlib.sha256(json.dumps([weights, precision, files]).encode()).hexdigest()[:20]
         folder.mkdir(parents=True, exist_ok=True)
@@ -66,8 +92,11 @@ class PrefixCache:
             shape = tuple(model.encode_prefix(torch.zeros(1, 3, model.config.image_size,
                                                           model.config.image_size)).shape[1:])
         self.tokens = self._memmap(folder / f"{name}-{key}.tokens.npy", (len(samples), *shape), np.float16)
-        self.done = self._memmap(folder / f"{name}-{key}.done.npy", (len(samples),), np.bool_)
+        self.done_file = folder / f"{name}-{key}.done.npy"
+        self.done = self._load_done(len(samples))
         self.request = None
+        self.computed = 0  # entries computed by this process (the rest were read from disk)
+        self.checked = self.filled == 0  # a reopened cache is spot-checked before its first use
 
     @staticmethod
     def _memmap(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -77,41 +106,114 @@ class PrefixCache:
                 return array
         return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
+    def _load_done(self, count: int) -> np.ndarray:
+        """The done flags saved by `flush` (all False when missing, unreadable or of another shape)."""
+        try:
+            done = np.load(self.done_file)
+        except (OSError, ValueError):
+            return np.zeros(count, dtype=np.bool_)
+        return done if done.shape == (count,) and done.dtype == np.bool_ else np.zeros(count, dtype=np.bool_)
+
     @property
     def filled(self) -> int:
         return int(self.done.sum())
 
-    def _compile(self) -> None:
+    def _export_graph(self) -> None:
+        size, was_training = self.model.config.image_size, self.model.training
+        tmp = self.graph.with_suffix(".tmp.onnx")
+        try:
+            torch.onnx.export(_Prefix(self.model).eval(), (torch.zeros(1, 3, size, size),), str(tmp),
+                              dynamo=True, input_names=["image"], output_names=["tokens"], external_data=False)
+            tmp.replace(self.graph)
+        finally:
+            self.model.train(was_training)
+            tmp.unlink(missing_ok=True)
+
+    def _compile(self, pixels: torch.Tensor) -> None:
+        """Compile the prefix graph (exported on first use) and check it against PyTorch on `pixels`
+        (1x3xSxS, a real image): a graph left by an earlier run is a copy and is verified too. A
+        graph that fails is exported again once; a fresh one that fails is an error."""
+        for attempt in (0, 1):
+            if not self.graph.is_file():
+                self._export_graph()
+            agreement = self._compile_and_check(pixels)
+            if agreement >= GRAPH_AGREEMENT:
+                return
+            if attempt == 0:
+                log.warning("prefix graph %s disagrees with the model (cosine %.4f < %.2f): exporting it again",
+                            self.graph.name, agreement, GRAPH_AGREEMENT)
+                self.graph.unlink(missing_ok=True)
+        raise LGAError(f"the prefix graph exported from this model disagrees with PyTorch (cosine {agreement:.4f}); "
+                       f"train with --no-prefix-cache")
+
+    def _compile_and_check(self, pixels: torch.Tensor) -> float:
         import openvino as ov
 
         from lga_export.runtime.openvino_runner import cpu_bf16_support
 
-        if not self.graph.is_file():
-            size, was_training = self.model.config.image_size, self.model.training
-            tmp = self.graph.with_suffix(".tmp.onnx")
-            try:
-                torch.onnx.export(_Prefix(self.model).eval(), (torch.zeros(1, 3, size, size),), str(tmp),
-                                  dynamo=True, input_names=["image"], output_names=["tokens"], external_data=False)
-            finally:
-                self.model.train(was_training)
-            tmp.replace(self.graph)
         core = ov.Core()
         hint = "bf16" if self.precision == "bf16" and cpu_bf16_support(core)["supported"] else "f32"
-        model = core.read_model(str(self.graph))
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+        try:
+            model = core.read_model(str(self.graph))
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+        except RuntimeError:  # a truncated or foreign file
+            return -1.0
         self.request = compiled.create_infer_request()
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            expected = self.model.encode_prefix(pixels).numpy()
+        self.model.train(was_training)
+        return cosine(self._infer(pixels), expected)
+
+    def _infer(self, pixels: torch.Tensor) -> np.ndarray:
+        out = self.request.infer({"image": pixels.numpy()})
+        return next(iter(out.values()))[0]
+
+    def _spot_check(self, pixels_of) -> None:
+        """Recompute a few stored entries; any mismatch discards every stored entry."""
+        stored = np.flatnonzero(self.done)
+        picks = sorted({int(stored[0]), int(stored[len(stored) // 2])})[:SPOT_CHECKS]
+        for index in picks:
+            pixels = pixels_of(index)
+            if self.request is None:
+                self._compile(pixels)
+            agreement = cosine(self._infer(pixels), np.asarray(self.tokens[index], dtype=np.float32))
+            if agreement < STORED_AGREEMENT:
+                log.warning("prefix cache %s: a stored entry does not match its image (cosine %.4f); recomputing "
+                            "all %d entries", self.done_file.name, agreement, len(stored))
+                self.done[:] = False
+                break
+        self.checked = True
 
     def get(self, indexes: list[int], pixels: torch.Tensor) -> torch.Tensor:
         """Prefix tokens (float32) of the samples `indexes`, whose normalised pixels are `pixels`."""
+        if not self.checked:
+            self._spot_check(self._pixels_loader(indexes, pixels))
         for row, index in enumerate(indexes):
             if not self.done[index]:
                 if self.request is None:
-                    self._compile()
-                out = self.request.infer({"image": pixels[row:row + 1].numpy()})
-                self.tokens[index] = next(iter(out.values()))[0].astype(np.float16)
+                    self._compile(pixels[row:row + 1])
+                self.tokens[index] = self._infer(pixels[row:row + 1]).astype(np.float16)
                 self.done[index] = True
+                self.computed += 1
         return torch.from_numpy(np.stack([self.tokens[i] for i in indexes]).astype(np.float32))
 
+    def _pixels_loader(self, indexes: list[int], pixels: torch.Tensor):
+        """index -> 1x3xSxS normalised pixels: from the batch when it holds the sample, else read."""
+        from lga_export.data.dataset import SegmentationDataset
+
+        def pixels_of(index: int) -> torch.Tensor:
+            if index in indexes:
+                row = indexes.index(index)
+                return pixels[row:row + 1]
+            item = SegmentationDataset([self.samples[index]], self.model.config, train=False)[0]
+            return item["pixels"].unsqueeze(0)
+        return pixels_of
+
     def flush(self) -> None:
+        """Tokens to disk first, then the flags that say they are there (atomically)."""
         self.tokens.flush()
-        self.done.flush()
+        with atomic_file(self.done_file, force=True) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, self.done)
