@@ -74,6 +74,27 @@ def default_model():
 
 
 @pytest.fixture(scope="session")
+def plain_export(default_model, tmp_path_factory) -> Path:
+    """The default model exported FP32 without validation, once per session (it takes as long as
+    a whole test module otherwise). Do not change it: take `copy_of_plain_export` instead."""
+    from lga_export.export.exporter import export_onnx
+
+    out = tmp_path_factory.mktemp("plain") / "onnx"
+    export_onnx(default_model, out, validate=False, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def copy_of_plain_export(plain_export):
+    """Factory: a private copy of `plain_export` at `target` (a module may tamper with its files)."""
+    def make(target: Path) -> Path:
+        shutil.copytree(plain_export, target)
+        return target
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def int8_export(default_model, data_root, tmp_path_factory):
     """Factory: the default model exported with an INT8 image graph by `method` ('static' or
     'ov'), calibrated on 32 training images and validated at batch 2 -> (folder, manifest). Each

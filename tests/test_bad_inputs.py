@@ -23,15 +23,13 @@ BENCH_FAST = ["--samples", "1", "--batch", "1", "--warmup", "0", "--iters", "1",
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, default_model, image_folder):
+def world(tmp_path_factory, default_model, image_folder, copy_of_plain_export):
     """Shared inputs: an export folder, the default checkpoint, a SAM-layout .pth, good images."""
     from segment_anything.modeling import ImageEncoderViT  # noqa: F401 - SAM importable, as users expect
 
     from lga_export.checkpoint import save_lga_checkpoint
-    from lga_export.export.exporter import export_onnx
-
     root = tmp_path_factory.mktemp("world")
-    export_onnx(default_model, root / "onnx", validate=False, log=lambda _: None)
+    copy_of_plain_export(root / "onnx")
     checkpoint = save_lga_checkpoint(default_model, root / "model.safetensors")
     nan_model = save_lga_checkpoint(default_model, root / "nan.safetensors")
     from safetensors.torch import load_file, save_file

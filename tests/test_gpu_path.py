@@ -47,12 +47,8 @@ def test_gpu_extra_never_co_installs_the_cpu_onnxruntime():
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory, default_model):
-    from lga_export.export.exporter import export_onnx
-
-    out = tmp_path_factory.mktemp("gpu") / "onnx"
-    export_onnx(default_model, out, validate=False, log=lambda _: None)
-    return out
+def export(tmp_path_factory, copy_of_plain_export):
+    return copy_of_plain_export(tmp_path_factory.mktemp("gpu") / "onnx")
 
 
 def test_cuda_provider_requested_but_missing_is_one_line(export):

@@ -19,12 +19,8 @@ if not LEAN.is_absolute():
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory, default_model):
-    from lga_export.export.exporter import export_onnx
-
-    out = tmp_path_factory.mktemp("lean") / "onnx"
-    export_onnx(default_model, out, validate=False, log=lambda _: None)
-    return out
+def export(tmp_path_factory, copy_of_plain_export):
+    return copy_of_plain_export(tmp_path_factory.mktemp("lean") / "onnx")
 
 
 def _predict_args(export: Path, image_folder: tuple[Path, Path], out: Path) -> list[str]:

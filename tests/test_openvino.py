@@ -17,12 +17,8 @@ pytest.importorskip("openvino")
 
 
 @pytest.fixture(scope="module")
-def export_dir(default_model, tmp_path_factory):
-    from lga_export.export.exporter import export_onnx
-
-    out = tmp_path_factory.mktemp("ov") / "onnx"
-    export_onnx(default_model, out, validate=False, log=lambda _: None)
-    return out
+def export_dir(copy_of_plain_export, tmp_path_factory):
+    return copy_of_plain_export(tmp_path_factory.mktemp("ov") / "onnx")
 
 
 @pytest.fixture(scope="module")

@@ -68,12 +68,10 @@ def test_ov_runs_the_int8_ir_and_ort_refuses_it(ov_export, data_root):
         open_runner("ort", out, "int8", activate=False)
 
 
-def test_ov_int8_needs_an_ov_int8_export(ov_export, tmp_path, default_model):
-    from lga_export.export.exporter import export_onnx
+def test_ov_int8_needs_an_ov_int8_export(ov_export, tmp_path, copy_of_plain_export):
     from lga_export.runtime.registry import open_runner
 
-    plain = tmp_path / "plain"
-    export_onnx(default_model, plain, validate=False, log=lambda _: None)
+    plain = copy_of_plain_export(tmp_path / "plain")
     with pytest.raises(LGAError, match="has no INT8 graphs.*--int8 ov"):
         open_runner("ov", plain, "int8", activate=False)
 
