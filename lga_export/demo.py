@@ -43,12 +43,14 @@ def deployment_paths(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every CPU deployment path the benchmark asked for: passed, failed (with the figure and the
     gate's reasons) or not run here (with the reason), in the benchmark's order."""
     from lga_export.bench.markdown_report import failing_figure
+    from lga_export.runtime.base import RunnerDescription
 
     ranking = {c["label"]: c for c in (results.get("recommendation") or {}).get("ranking", [])}
     by_case = results["gates"].get("by_case", {})
     rows = []
     for label, case in results["cases"].items():
-        if label == results["reference"] or not _deployed(case["backend"]) or not case["description"].get("on_cpu"):
+        if label == results["reference"] or not _deployed(case["backend"]) or \
+                not RunnerDescription.from_dict(case["description"]).on_cpu:
             continue
         candidate = ranking.get(label)
         figure = failing_figure(candidate) if candidate else "-"
