@@ -72,6 +72,19 @@ def parts(model) -> dict[str, list[torch.nn.Module]]:
     return groups
 
 
+def flip_margins(reference: torch.Tensor, candidate: torch.Tensor) -> list[dict]:
+    """Per image: how many pixels change side between the FP32 and the candidate masks, and how
+    close to the threshold their FP32 logits were (a knife edge shows as many pixels near 0)."""
+    result = []
+    for ref, cand in zip(reference, candidate):
+        flipped = (ref > 0) != (cand > 0)
+        margin = ref[flipped].abs()
+        p95 = float(margin.quantile(0.95)) if margin.numel() else 0.0
+        result.append({"flipped": int(flipped.sum()), "foreground": int((ref > 0).sum()),
+                       "p95_abs_logit_flipped": p95, "pixels_below_that": int((ref.abs() < p95).sum())})
+    return result
+
+
 def prefix_cases(model, images: torch.Tensor, noise: torch.Tensor, tokens) -> dict:
     """Relative RMS change of the cached-prefix tokens under BF16 and input noise, and the masks'
     agreement when FP32 tokens get Gaussian noise of 2-20% of their RMS instead."""
@@ -130,22 +143,30 @@ def main(argv: list[str] | None = None) -> int:
 
     reference = run(images)
     cases: dict[str, list[float]] = {}
+    margins: list[dict] = []
     for name, modules in parts(model).items():
         with bf16_parts(modules):
-            cases[f"BF16 {name}"] = agreement(reference, run(images))
+            candidate = run(images)
+        cases[f"BF16 {name}"] = agreement(reference, candidate)
+        if name == "whole model":
+            margins = flip_margins(reference, candidate)
     cases["FP32, input rounded to BF16"] = agreement(reference, run(images.bfloat16().float()))
     cases["FP32, input rounded to FP16"] = agreement(reference, run(images.half().float()))
     noise = (torch.rand_like(images) - 0.5) * (span / 255.0)
     cases["FP32, input +- half a grey level"] = agreement(reference, run(images + noise))
     prefix = prefix_cases(model, images, noise, tokens) if hasattr(model, "encode_prefix") else {}
     cases.update(prefix.pop("cases", {}))
+    for image, margin in zip(samples, margins):
+        print(f"BF16 whole model flips {margin['flipped']} of {margin['foreground']} foreground pixels on {image.name}; "
+              f"95% of them had |FP32 logit| < {margin['p95_abs_logit_flipped']:.3f}, which "
+              f"{margin['pixels_below_that']} pixels of the image have", flush=True)
     for name, scores in cases.items():
         print(f"{name:40s} worst {min(scores):.4f} mean {sum(scores) / len(scores):.4f} "
               f"per image {[round(s, 3) for s in scores]}", flush=True)
     record = {"model": model.config.preset, "checkpoint": str(args.checkpoint or "embedded default"),
               "samples": source, "images": [s.name for s in samples],
               "foreground_fraction_fp32": [float((r > 0).float().mean()) for r in reference], "cases": cases,
-              "prefix_relative_rms_change": prefix}
+              "prefix_relative_rms_change": prefix, "bf16_whole_model_flips": margins}
     if args.out:
         args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
