@@ -201,3 +201,16 @@ def test_prefix_noise_without_a_prefix_cache_is_refused(lvit_root, tmp_path):
     with pytest.raises(LGAError, match="--prefix-noise perturbs cached prefix tokens"):
         train(get_preset("tiny"), _settings(lvit_root, tmp_path / "run", max_steps=1, prefix_noise=0.1))
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_weights_that_are_not_the_saved_states(lvit_root, tmp_path):
+    """`last/` is a pair: another model's weights copied beside the optimizer state are refused."""
+    from lga_export.build import build_lga
+    from lga_export.checkpoint import save_lga_checkpoint
+    from lga_export.errors import LGAError
+
+    run = tmp_path / "run"
+    train(get_preset("tiny"), _settings(lvit_root, run, max_steps=1))
+    save_lga_checkpoint(build_lga(get_preset("tiny")), run / "last" / "model.safetensors", force=True)
+    with pytest.raises(LGAError, match="is not the model .*state.pt was saved with"):
+        train(None, _settings(lvit_root, run, max_steps=2, resume=True))

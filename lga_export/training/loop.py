@@ -175,12 +175,11 @@ def _starting_model(config: LGAConfig | None, settings: TrainSettings,
     """(model, its config, the saved `last` state): the saved run's on --resume (refused when the
     options change its model), the checkpoint's with --init-from, else a fresh build."""
     from lga_export.build import build_lga
-    from lga_export.checkpoint import load_lga_checkpoint, load_sam_checkpoint
-    from lga_export.training.state import load_last_state
+    from lga_export.checkpoint import load_sam_checkpoint
+    from lga_export.training.state import load_last_model
 
     if settings.resume:
-        model_path, state = load_last_state(Path(settings.out))
-        model = load_lga_checkpoint(model_path)
+        model, state = load_last_model(Path(settings.out))
         if config is not None and config != model.config:
             changed = [k for k in dataclasses.asdict(config) if getattr(config, k) != getattr(model.config, k)]
             raise LGAError(f"--resume continues the saved {model.config.preset} model; the options change "

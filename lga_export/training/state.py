@@ -1,7 +1,9 @@
 """The `last` state of a run, for resume: model weights (safetensors) + optimizer, step, RNG
 and history (a plain dict of tensors, numbers and strings, read back with weights_only=True).
 
-Both files live in one folder that is replaced atomically, so they always belong together.
+Both files live in one folder that is replaced atomically, so they always belong together; the
+state also records the model's digest, so a resume that finds other weights beside it (a copied
+or edited `last/`) refuses instead of training on with mismatched optimizer moments.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ _PROGRESS = {"step": int, "best_dice": (int, float), "best_step": int, "history"
 def save_last_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     progress: dict[str, Any]) -> Path:
     """Write <out>/last/ atomically (replacing the previous one)."""
-    from lga_export.checkpoint import save_lga_checkpoint
+    from lga_export.checkpoint import model_digest, save_lga_checkpoint
 
     target = Path(out) / LAST_DIR
     with atomic_dir(target, force=True) as tmp:
         save_lga_checkpoint(model, tmp / MODEL_FILE, metadata={"step": str(progress["step"])})
         state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "progress": progress}
+                 "progress": progress, "model_digest": model_digest(model)}
         torch.save(state, tmp / STATE_FILE)
     return target
 
@@ -102,3 +104,17 @@ def _optimizer_problem(saved: Any, optimizer: torch.optim.Optimizer) -> str | No
                         f"{tuple(value.shape) if isinstance(value, torch.Tensor) else None}, the model's "
                         f"{tuple(param.shape)}")
     return None
+
+
+def load_last_model(out: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, state) of <out>/last/, the model checked against the digest its state recorded (a
+    state saved before digests were recorded is taken as it is)."""
+    from lga_export.checkpoint import load_lga_checkpoint, model_digest
+
+    model_path, state = load_last_state(out)
+    model = load_lga_checkpoint(model_path)
+    recorded = state.get("model_digest")
+    if recorded is not None and model_digest(model) != recorded:
+        raise LGAError(f"{model_path} is not the model {model_path.parent / STATE_FILE} was saved with (its digest "
+                       f"differs); restore the pair from one save or start again with --force")
+    return model, state
