@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/lga-export demo --out runs/demo --force
 
 test: $(STAMP) $(LEAN_STAMP)
-	LGA_LEAN_VENV=$(LEAN) $(BIN)/python -m pytest -q -rs
+	LGA_LEAN_VENV=$(LEAN) $(BIN)/python -m pytest -q -rs --durations=15
 
 clean:
 	rm -rf $(VENV) $(LEAN) runs
