@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from lga_export.data.dataset import SegmentationDataset, collate
 from lga_export.data.lvit import Sample
 from lga_export.imageio import read_mask
+from lga_export.modeling.modes import eval_mode
 from lga_export.training.step import forward_batch
 from lga_export.verify.metrics import score_logits
 
@@ -31,16 +32,11 @@ def predict_logits(model, embedder, samples: list[Sample], batch_size: int = 8, 
 
     dataset = SegmentationDataset(samples, model.config, train=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
-                logits = forward_batch(model, embedder, batch, prefixes, bf16).numpy()
-                for index, item in zip(batch["index"], logits):
-                    yield samples[index], item
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+            logits = forward_batch(model, embedder, batch, prefixes, bf16).numpy()
+            for index, item in zip(batch["index"], logits):
+                yield samples[index], item
 
 
 def score_samples(model, embedder, samples: list[Sample], batch_size: int = 8, progress: bool = False,

@@ -31,6 +31,7 @@ from torch import nn
 from lga_export.data.lvit import Sample
 from lga_export.errors import LGAError
 from lga_export.fileio import atomic_file
+from lga_export.modeling.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +120,14 @@ class PrefixCache:
         return int(self.done.sum())
 
     def _export_graph(self) -> None:
-        size, was_training = self.model.config.image_size, self.model.training
+        size = self.model.config.image_size
         tmp = self.graph.with_suffix(".tmp.onnx")
         try:
-            torch.onnx.export(_Prefix(self.model).eval(), (torch.zeros(1, 3, size, size),), str(tmp),
-                              dynamo=True, input_names=["image"], output_names=["tokens"], external_data=False)
+            with eval_mode(self.model):
+                torch.onnx.export(_Prefix(self.model), (torch.zeros(1, 3, size, size),), str(tmp), dynamo=True,
+                                  input_names=["image"], output_names=["tokens"], external_data=False)
             tmp.replace(self.graph)
         finally:
-            self.model.train(was_training)
             tmp.unlink(missing_ok=True)
 
     def _compile(self, pixels: torch.Tensor) -> None:
@@ -159,11 +160,8 @@ class PrefixCache:
         except RuntimeError:  # a truncated or foreign file
             return -1.0
         self.request = compiled.create_infer_request()
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             expected = self.model.encode_prefix(pixels).numpy()
-        self.model.train(was_training)
         return cosine(self._infer(pixels), expected)
 
     def _infer(self, pixels: torch.Tensor) -> np.ndarray:

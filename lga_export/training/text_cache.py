@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lga_export.contract import ATTENTION_MASK, INPUT_IDS
+from lga_export.modeling.modes import eval_mode
 from lga_export.modeling.text_encoder import load_text_tokenizer, mean_pool
 
 
@@ -42,18 +43,14 @@ class TextEmbedder:
         if not (self.cached and missing):
             return
         backbone = self.model.text_encoder.backbone
-        was_training = backbone.training
-        backbone.eval()  # a frozen encoder runs as at inference: no dropout in the cached vectors
-        try:
-            with torch.no_grad():
-                for start in range(0, len(missing), self.batch_size):
-                    chunk = missing[start:start + self.batch_size]
-                    ids, mask = self._tokens(chunk)
-                    hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-                    for text, vector in zip(chunk, mean_pool(hidden, mask)):
-                        self.pooled[text] = vector.clone()
-        finally:
-            backbone.train(was_training)
+        # a frozen encoder runs as at inference: no dropout in the cached vectors
+        with eval_mode(backbone), torch.no_grad():
+            for start in range(0, len(missing), self.batch_size):
+                chunk = missing[start:start + self.batch_size]
+                ids, mask = self._tokens(chunk)
+                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+                for text, vector in zip(chunk, mean_pool(hidden, mask)):
+                    self.pooled[text] = vector.clone()
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         if self.query:
