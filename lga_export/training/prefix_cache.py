@@ -68,10 +68,11 @@ def supports_prefix_cache(model: nn.Module) -> bool:
 
 
 def _prefix_digest(model: nn.Module) -> str:
+    """The config and the image encoder's weights, hashed as `checkpoint.model_digest` hashes a model."""
+    from lga_export.checkpoint import hash_tensors
+
     digest = hashlib.sha256(model.config.to_json().encode())
-    for name, tensor in sorted(model.image_encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+    hash_tensors(digest, model.image_encoder.state_dict().items())
     return digest.hexdigest()
 
 
