@@ -327,7 +327,8 @@ class _Run:
             lr = lr_at(step, settings.lr, settings.warmup_steps, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            noise = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)  # same draws on --resume
+            noise = torch.Generator().manual_seed(settings.seed * 1_000_003 + step) \
+                if settings.prefix_noise else None  # seeded by step: the same draws on --resume
             loss = train_step(self.model, self.optimizer, self.embedder, batch, self.params, settings.grad_clip,
                               self.train_prefixes, settings.bf16, settings.prefix_noise, noise)
             if not math.isfinite(loss.item()):
