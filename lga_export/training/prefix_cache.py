@@ -124,7 +124,7 @@ class PrefixCache:
         tmp = self.graph.with_suffix(".tmp.onnx")
         try:
             with eval_mode(self.model):
-                torch.onnx.export(_Prefix(self.model), (torch.zeros(1, 3, size, size),), str(tmp), dynamo=True,
+                torch.onnx.export(_Prefix(self.model).eval(), (torch.zeros(1, 3, size, size),), str(tmp), dynamo=True,
                                   input_names=["image"], output_names=["tokens"], external_data=False)
             tmp.replace(self.graph)
         finally:
