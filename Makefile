@@ -6,6 +6,9 @@ LEAN   ?= .venv-lean
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LEAN_STAMP := $(LEAN)/.installed
+# The suite runs in this many pytest-xdist workers, a test file per worker at a time; each worker
+# gets its share of the cores (tests/conftest.py). TEST_WORKERS=1 runs it in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install lean clean
 
@@ -31,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/lga-export demo --out runs/demo --force
 
 test: $(STAMP) $(LEAN_STAMP)
-	LGA_LEAN_VENV=$(LEAN) $(BIN)/python -m pytest -q -rs --durations=15
+	LGA_LEAN_VENV=$(LEAN) $(BIN)/python -m pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(LEAN) runs

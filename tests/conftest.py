@@ -13,6 +13,15 @@ from lga_export.cli.common import quiet_libraries
 
 quiet_libraries()
 
+# Under pytest-xdist each worker gets its share of the cores: torch's OpenMP pool (and the CLIs the
+# tests start, through the environment) would otherwise spin against the other workers.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _PER_WORKER = max(1, (os.cpu_count() or 1) // _WORKERS)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(_PER_WORKER)
+    torch.set_num_threads(_PER_WORKER)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("LGA_DATA_ROOT", REPO.parent / "shared" / "data"))
 QATA = DATA_ROOT / "qata-cov19"
