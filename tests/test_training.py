@@ -61,14 +61,17 @@ def test_resume_continues_from_the_saved_step_exactly(lvit_root, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2
 
 
-def test_refuses_to_overwrite_a_run_and_eval_writes_its_outputs(lvit_root, tmp_path):
+def test_train_takes_the_ablation_knobs_refuses_to_overwrite_and_eval_writes_its_outputs(lvit_root, tmp_path):
     from lga_export.cli.main import app
 
     runner = CliRunner()
     run = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--data", str(lvit_root), "--out", str(run), "--max-steps", "1",
-            "--limit-train", "2", "--limit-val", "4", "--batch-size", "2", "--warmup-steps", "0"]
+            "--limit-train", "2", "--limit-val", "4", "--batch-size", "2", "--warmup-steps", "0",
+            "--num-ffms", "2", "--no-text-mlp"]  # the paper's ablation knobs reach the trained model
     assert runner.invoke(app, args).exit_code == 0
+    config = json.loads((run / "train.json").read_text())["config"]
+    assert (config["num_ffms"], config["text_mlp"], config["vit_mlp"]) == (2, False, True)
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output
     out = tmp_path / "eval"
