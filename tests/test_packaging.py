@@ -1,4 +1,4 @@
-"""The installed layout: every package folder is shipped, no generic top-level names."""
+"""The installed layout: every package and data folder is shipped, no generic top-level names."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def test_every_package_folder_is_listed_and_cli_is_namespaced():
         root = mapping.get(parts[0])
         if root is not None:
             found.add(".".join((root, *parts[1:])))
+    # data folders are listed too (setuptools warns about importable folders it was not told of)
+    assets = REPO / "lga_export" / "assets"
+    for folder in (assets, *(p for p in assets.rglob("*") if p.is_dir() and p.name != "__pycache__")):
+        found.add(".".join(("lga_export", *folder.relative_to(REPO / "lga_export").parts)))
     assert found == listed
     assert all(p == "lga_export" or p.startswith("lga_export.") for p in listed)
 
