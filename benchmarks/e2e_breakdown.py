@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds  # noqa: E402
 from lga_export.errors import LGAError  # noqa: E402
+from lga_export.fileio import atomic_file  # noqa: E402
 from lga_export.resample import logits_to_mask  # noqa: E402
 from lga_export.runtime.pipeline import Segmenter  # noqa: E402
 from lga_export.runtime.registry import open_runner  # noqa: E402
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
               "samples": source, "description": runner.description().to_dict(), "median_ms": medians,
               "end_to_end_over_graphs_alone": medians["end to end"] / graphs_alone}
     if args.out:
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        with atomic_file(args.out, force=True) as tmp:  # a record is replaced whole or not at all
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
     runner.deactivate()
     return 0
 

@@ -32,6 +32,7 @@ def main() -> None:
 
     from lga_export.checkpoint import load_lga_checkpoint
     from lga_export.data.lvit import index_split
+    from lga_export.fileio import atomic_file
     from lga_export.training.evaluate import score_samples, summarize
     from lga_export.training.prefix_cache import PrefixCache
     from lga_export.training.text_cache import TextEmbedder
@@ -51,7 +52,8 @@ def main() -> None:
         results[label]["dice_std"] = round(float(np.std([s.dice for s in scored])), 4)
         print(f"{label:<40} Dice {results[label]['dice']:.4f}  mIoU {results[label]['miou']:.4f}", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"split": args.split, "samples": len(samples), "results": results}, indent=2))
+        with atomic_file(args.out, force=True) as tmp:  # a record is replaced whole or not at all
+            tmp.write_text(json.dumps({"split": args.split, "samples": len(samples), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

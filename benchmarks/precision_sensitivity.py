@@ -110,6 +110,7 @@ def prefix_cases(model, images: torch.Tensor, noise: torch.Tensor, tokens) -> di
 
 def main(argv: list[str] | None = None) -> int:
     from lga_export.errors import LGAError
+    from lga_export.fileio import atomic_file
     from lga_export.loading import load_model
     from lga_export.modeling.text_encoder import load_tokenizer
     from lga_export.preprocess import normalize
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
               "foreground_fraction_fp32": [float((r > 0).float().mean()) for r in reference], "cases": cases,
               "prefix_relative_rms_change": prefix, "bf16_whole_model_flips": margins}
     if args.out:
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        with atomic_file(args.out, force=True) as tmp:  # a record is replaced whole or not at all
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

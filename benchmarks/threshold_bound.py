@@ -30,13 +30,18 @@ def main() -> None:
 
     from lga_export.checkpoint import load_lga_checkpoint
     from lga_export.data.lvit import index_split
+    from lga_export.errors import LGAError
+    from lga_export.fileio import atomic_file
     from lga_export.imageio import read_mask
     from lga_export.training.evaluate import predict_logits
     from lga_export.training.text_cache import TextEmbedder
     from lga_export.verify.metrics import score_logits
 
-    model = load_lga_checkpoint(args.checkpoint)
-    samples = index_split(args.data, args.split).samples[: args.limit]
+    try:
+        model = load_lga_checkpoint(args.checkpoint)
+        samples = index_split(args.data, args.split).samples[: args.limit]
+    except LGAError as exc:
+        parser.error(str(exc))
     embedder = TextEmbedder(model, [s.text for s in samples])
     dice: dict[float, list[float]] = {shift: [] for shift in SHIFTS}
     for sample, logits in predict_logits(model, embedder, samples, batch_size=4, progress=True):
@@ -47,8 +52,9 @@ def main() -> None:
     for shift, value in means.items():
         print(f"logit > {shift}: Dice {value:.4f}")
     if args.out:
-        args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split,
-                                        "samples": len(samples), "dice_by_threshold": means}, indent=2) + "\n")
+        with atomic_file(args.out, force=True) as tmp:  # a record is replaced whole or not at all
+            tmp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split,
+                                       "samples": len(samples), "dice_by_threshold": means}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
