@@ -29,6 +29,12 @@ def train(
     warmup_steps: int = typer.Option(1000, "--warmup-steps", min=0, help="Linear warm-up steps (paper: 1000)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input size (default: the preset's)."),
     train_encoder: bool = typer.Option(False, "--train-encoder", help="Train the ViT too (tiny always does)."),
+    train_encoder_stages: Optional[int] = typer.Option(None, "--train-encoder-stages", min=0, help="lite: train the "
+                                                       "encoder's last N stages and its neck as well (those with an "
+                                                       "FFM at their input; the earlier ones stay frozen and "
+                                                       "cached). 0: the paper's frozen encoder."),
+    encoder_lr: Optional[float] = typer.Option(None, "--encoder-lr", min=0.0, help="Peak learning rate of the "
+                                               "trained encoder weights (default: --lr)."),
     learnable_query: bool = typer.Option(False, "--learnable-query", help="A learned query replaces the text (Table 2)."),
     num_ffms: Optional[int] = NumFfmsOption,
     text_mlp: Optional[bool] = TextMlpOption,
@@ -74,6 +80,7 @@ def train(
     overrides["image_size"] = image_size
     if train_encoder:
         overrides["train_image_encoder"] = True
+    overrides["train_encoder_stages"] = train_encoder_stages
     given = preset is not None or any(v is not None for v in overrides.values())
     if init_from is not None and resume:
         raise LGAError("give either --init-from (a new run from a checkpoint) or --resume, not both")
@@ -83,7 +90,7 @@ def train(
                              augment=not no_augment, grad_clip=grad_clip, train_limit=limit_train,
                              val_limit=limit_val, skip_bad=skip_bad, resume=resume, force=force, bf16=bf16,
                              prefix_cache=not no_prefix_cache, val_every=val_every,
-                             init_from=init_from, prefix_noise=prefix_noise)
+                             init_from=init_from, prefix_noise=prefix_noise, encoder_lr=encoder_lr)
     summary = run_training(config, settings, sam_checkpoint)
     final = summary["final"] or {}
     typer.echo(f"done: {summary['steps_done']} steps, best val Dice {summary['best_val_dice']:.4f} "

@@ -27,10 +27,12 @@ def build_lga(config: LGAConfig, text_backbone: nn.Module | None = None, *, pret
 
 
 def apply_freezing(model: LGA) -> None:
-    """Paper: ViT and text encoder frozen; FFMs, text projection and mask decoder trained."""
+    """Paper: ViT and text encoder frozen; FFMs, text projection and mask decoder trained (a staged
+    encoder may train its last stages: config.train_encoder_stages)."""
     config = model.config
     model.requires_grad_(True)
     model.image_encoder.requires_grad_(config.train_image_encoder)
+    family_of(config).unfreeze_encoder_stages(model)
     backbone = getattr(model.text_encoder, "backbone", None)
     if backbone is not None:
         backbone.requires_grad_(config.train_text_encoder)

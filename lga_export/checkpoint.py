@@ -195,4 +195,5 @@ def load_lga_checkpoint(path: str | Path, *, config: LGAConfig | None = None,
         raise LGAError(f"{path}: weights unreadable, truncated or corrupt ({exc})") from exc
     check_state(path, state, _stored_state(model), f"its {config.preset} config")
     model.load_state_dict(state, strict=False)
+    model.train(model.training)  # modules that cache derived tensors in eval mode (TinyViT) refresh them
     return model

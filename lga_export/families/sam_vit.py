@@ -23,6 +23,10 @@ def load_default_weights(model: nn.Module) -> None:
     """SAM's weights are the user's file (--sam-checkpoint); nothing is loaded by default."""
 
 
+def unfreeze_encoder_stages(model: nn.Module) -> None:
+    """Nothing: a SAM-ViT encoder trains whole or not at all (its config refuses train_encoder_stages)."""
+
+
 def extra_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Parts beyond text, image encoder, FFMs and decoder: none for SAM-ViT."""
     return []

@@ -115,6 +115,27 @@ def load_default_weights(model: nn.Module) -> PretrainedReport | None:
     return None
 
 
+def trained_encoder_prefixes(config: LGAConfig) -> tuple[str, ...]:
+    """State-dict prefixes (within the image encoder) of the last `train_encoder_stages` stages and
+    the neck: the encoder parts `--train-encoder-stages` trains."""
+    if not config.train_encoder_stages:
+        return ()
+    stages = len(config.stage_dims)
+    return tuple(f"layers.{k}." for k in range(stages - config.train_encoder_stages, stages)) + ("neck.",)
+
+
+def unfreeze_encoder_stages(model: nn.Module) -> None:
+    """Train the encoder's last stages and neck (config.train_encoder_stages) on top of the frozen rest.
+    Their attention biases stay frozen: TinyViT reads them from a copy cached when the encoder
+    enters eval mode, which it keeps while training (its BatchNorm statistics stay pretrained)."""
+    prefixes = trained_encoder_prefixes(model.config)
+    if not prefixes:
+        return
+    for name, parameter in model.image_encoder.named_parameters():
+        if name.startswith(prefixes) and not name.endswith("attention_biases"):
+            parameter.requires_grad_(True)
+
+
 def extra_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Parts beyond text, image encoder, FFMs and decoder: the text carry between stage widths and
     the prompt-free decoder's no-mask embedding."""
@@ -123,6 +144,14 @@ def extra_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def provided_prefixes(model: nn.Module) -> tuple[str, ...]:
     """A frozen LiteMedSAM encoder is not stored in checkpoints: it is loaded (sha256-verified) from
-    the installed package when the model is built, which keeps the shipped default model small."""
+    the installed package when the model is built, which keeps the shipped default model small. With
+    `train_encoder_stages`, only its trained last stages and neck are stored."""
     config = model.config
-    return ("image_encoder.",) if config.init_weights == "litemedsam" and not config.train_image_encoder else ()
+    if config.init_weights != "litemedsam" or config.train_image_encoder:
+        return ()
+    trained = trained_encoder_prefixes(config)
+    if not trained:
+        return ("image_encoder.",)
+    frozen = {"image_encoder." + ".".join(name.split(".")[:2]) + "." for name in model.image_encoder.state_dict()
+              if not name.startswith(trained)}
+    return tuple(sorted(frozen))

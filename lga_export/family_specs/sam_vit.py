@@ -33,6 +33,9 @@ def check(config: ArchitectureFields) -> None:
         raise LGAError(f"num_ffms must be between 1 and {config.depth + 1}, got {config.num_ffms}")
     if config.embed_dim % config.attn_ratio or config.embed_dim % config.mlp_reduction:
         raise LGAError(f"embed_dim {config.embed_dim} must divide by attn_ratio and mlp_reduction")
+    if config.train_encoder_stages:
+        raise LGAError(f"{config.preset} has no encoder stages to train apart: train its whole ViT "
+                       f"(--train-encoder) or none of it")
 
 
 def grid_size(config: ArchitectureFields) -> int:

@@ -26,6 +26,8 @@ class ArchitectureFields(Protocol):
     stage_depths: tuple[int, ...]
     stage_heads: tuple[int, ...]
     stage_windows: tuple[int, ...]
+    train_image_encoder: bool
+    train_encoder_stages: int
 
     @property
     def ffm_stage_indexes(self) -> tuple[int, ...]: ...

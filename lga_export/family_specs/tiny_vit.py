@@ -31,6 +31,13 @@ def check(config: ArchitectureFields) -> None:
                        f"transformer stage, one after the last), got {config.num_ffms}")
     if any(dim % config.attn_ratio or dim % config.mlp_reduction for dim in config.stage_dims):
         raise LGAError(f"every stage width {config.stage_dims} must divide by attn_ratio and mlp_reduction")
+    fused = len(config.ffm_stage_indexes)
+    if not 0 <= config.train_encoder_stages <= fused:
+        raise LGAError(f"train_encoder_stages must be between 0 and {fused} for {config.preset} with {config.num_ffms} "
+                       f"FFMs (only stages with an FFM at their input: the stages before stay frozen and cached), "
+                       f"got {config.train_encoder_stages}")
+    if config.train_encoder_stages and config.train_image_encoder:
+        raise LGAError("give either --train-encoder (the whole encoder) or --train-encoder-stages, not both")
 
 
 def grid_size(config: ArchitectureFields) -> int:

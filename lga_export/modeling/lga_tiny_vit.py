@@ -98,6 +98,12 @@ class LGATinyViT(nn.Module):
     def first_fused_stage(self) -> int:
         return self.ffm_stages[0] if self.ffm_stages else len(self.config.stage_dims)
 
+    def prefix_modules(self) -> dict[str, nn.Module]:
+        """The encoder parts `encode_prefix` runs, by their name in the image encoder."""
+        encoder = self.image_encoder
+        return {"patch_embed": encoder.patch_embed,
+                **{f"layers.{index}": encoder.layers[index] for index in range(self.first_fused_stage)}}
+
     def encode_prefix(self, image: torch.Tensor) -> torch.Tensor:
         """The stages before the first FFM, which do not depend on the report: Bx3xHxW -> tokens BxNxC.
         Training computes them once per image and caches them (the encoder is frozen)."""

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 BEST_FILE = "best.safetensors"
 _RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "augment", "grad_clip",
                   "train_split", "val_split", "train_limit", "val_limit", "bf16", "prefix_cache",
-                  "init_from", "prefix_noise")  # must not change on --resume
+                  "init_from", "prefix_noise", "encoder_lr")  # must not change on --resume
+# Config fields that change only what trains: --init-from may change them (fine-tune more or less)
+_FREEZING_FIELDS = ("train_encoder_stages",)
 OUTPUT_FILES = (BEST_FILE, "metrics.csv", "metrics.jsonl", "steps.csv", "learning_curve.png", "train.json")
 
 
@@ -61,6 +63,7 @@ class TrainSettings:
     val_every: int | None = None  # validate every N steps as well as at each epoch end
     init_from: Path | None = None  # start from this LGA checkpoint's weights (fine-tuning) instead of the init
     prefix_noise: float = 0.0  # Gaussian noise on cached prefix tokens, up to this x their RMS (step.perturb_prefix)
+    encoder_lr: float | None = None  # peak learning rate of trained image-encoder weights (default: lr)
     resume: bool = False
     force: bool = False
     progress: bool = True
@@ -128,11 +131,16 @@ def _model_to_fine_tune(path: Path, config: LGAConfig | None, sam_checkpoint: Pa
                        f"best.safetensors)")
     if sam_checkpoint:
         raise LGAError("--init-from already holds the image encoder's weights; drop --sam-checkpoint")
+    from lga_export.build import apply_freezing
+
     model = load_lga_checkpoint(path)
     if config is not None and config != model.config:
         changed = [k for k in dataclasses.asdict(config) if getattr(config, k) != getattr(model.config, k)]
-        raise LGAError(f"--init-from {path.name} holds a {model.config.preset} model; the options change "
-                       f"{changed} - drop them or give a checkpoint of that model")
+        if not set(changed) <= set(_FREEZING_FIELDS):
+            raise LGAError(f"--init-from {path.name} holds a {model.config.preset} model; the options change "
+                           f"{changed} - drop them or give a checkpoint of that model")
+        model.config = config  # the same weights, more or fewer of them trained
+        apply_freezing(model)
     return model
 
 
@@ -221,6 +229,19 @@ def _start_progress(out: Path, state: dict[str, Any] | None, optimizer: torch.op
     return progress
 
 
+def _param_groups(model, settings: TrainSettings) -> list[dict[str, Any]]:
+    """The trainable parameters in AdamW groups: trained image-encoder weights at their own peak rate
+    (`lr_scale` x the schedule) when `encoder_lr` is given, everything else at `lr`."""
+    encoder = {id(p) for p in model.image_encoder.parameters() if p.requires_grad}
+    if settings.encoder_lr is None or not encoder:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder]
+    groups = [{"params": rest, "lr_scale": 1.0},
+              {"params": [p for p in model.image_encoder.parameters() if p.requires_grad],
+               "lr_scale": settings.encoder_lr / settings.lr}]
+    return [group for group in groups if group["params"]]
+
+
 class _Run:
     """What the step loop, validation and the `last` checkpoint of one run share: the model, its
     optimizer, text and prefix caches, the schedule's lengths and the progress saved in `last`."""
@@ -237,7 +258,8 @@ class _Run:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise LGAError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr,
+                                           weight_decay=settings.weight_decay)
         self.progress = _start_progress(out, state, self.optimizer, _recipe(settings))
         self.embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
         self.dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed)
@@ -326,7 +348,7 @@ class _Run:
             step = progress["step"]
             lr = lr_at(step, settings.lr, settings.warmup_steps, self.total_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # runs saved before encoder_lr have no scale
             noise = torch.Generator().manual_seed(settings.seed * 1_000_003 + step) \
                 if settings.prefix_noise else None  # seeded by step: the same draws on --resume
             loss = train_step(self.model, self.optimizer, self.embedder, batch, self.params, settings.grad_clip,

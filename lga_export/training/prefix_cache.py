@@ -61,17 +61,20 @@ class _Prefix(nn.Module):
 
 
 def supports_prefix_cache(model: nn.Module) -> bool:
-    """A model whose frozen stages before the first FFM can be cached."""
-    return hasattr(model, "encode_prefix") and hasattr(model, "forward_suffix") and \
-        not model.config.train_image_encoder
+    """A model whose stages before the first FFM are frozen, so they can be computed once and cached."""
+    return hasattr(model, "prefix_modules") and hasattr(model, "forward_suffix") and not any(
+        p.requires_grad for module in model.prefix_modules().values() for p in module.parameters())
 
 
 def _prefix_digest(model: nn.Module) -> str:
-    """The config and the image encoder's weights, hashed as `checkpoint.model_digest` hashes a model."""
+    """The config and the weights of the prefix stages (hashed as `checkpoint.model_digest` hashes a
+    model): later stages may train without making the cached tokens stale."""
     from lga_export.checkpoint import hash_tensors
 
-    digest = hashlib.sha256(model.config.to_json().encode())
-    hash_tensors(digest, model.image_encoder.state_dict().items())
+    config = model.config.replace(train_encoder_stages=0)  # which later stages train does not matter
+    digest = hashlib.sha256(config.to_json().encode())
+    hash_tensors(digest, ((f"{name}.{key}", tensor) for name, module in model.prefix_modules().items()
+                          for key, tensor in module.state_dict().items()))
     return digest.hexdigest()
 
 
