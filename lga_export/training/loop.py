@@ -232,13 +232,13 @@ def _start_progress(out: Path, state: dict[str, Any] | None, optimizer: torch.op
 def _param_groups(model, settings: TrainSettings) -> list[dict[str, Any]]:
     """The trainable parameters in AdamW groups: trained image-encoder weights at their own peak rate
     (`lr_scale` x the schedule) when `encoder_lr` is given, everything else at `lr`."""
-    encoder = {id(p) for p in model.image_encoder.parameters() if p.requires_grad}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    encoder = [p for p in model.image_encoder.parameters() if p.requires_grad]
     if settings.encoder_lr is None or not encoder:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder]
-    groups = [{"params": rest, "lr_scale": 1.0},
-              {"params": [p for p in model.image_encoder.parameters() if p.requires_grad],
-               "lr_scale": settings.encoder_lr / settings.lr}]
+        return [{"params": trainable, "lr_scale": 1.0}]
+    in_encoder = {id(p) for p in encoder}
+    rest = [p for p in trainable if id(p) not in in_encoder]
+    groups = [{"params": rest, "lr_scale": 1.0}, {"params": encoder, "lr_scale": settings.encoder_lr / settings.lr}]
     return [group for group in groups if group["params"]]
 
 
