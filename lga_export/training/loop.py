@@ -229,13 +229,15 @@ def _start_progress(out: Path, state: dict[str, Any] | None, optimizer: torch.op
     return progress
 
 
-def _param_groups(model, settings: TrainSettings) -> list[dict[str, Any]]:
+def _param_groups(model, trainable: list[torch.nn.Parameter], settings: TrainSettings) -> list[dict[str, Any]]:
     """The trainable parameters in AdamW groups: trained image-encoder weights at their own peak rate
     (`lr_scale` x the schedule) when `encoder_lr` is given, everything else at `lr`."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    encoder = [p for p in model.image_encoder.parameters() if p.requires_grad]
-    if settings.encoder_lr is None or not encoder:
+    if settings.encoder_lr is None:
         return [{"params": trainable, "lr_scale": 1.0}]
+    encoder = [p for p in model.image_encoder.parameters() if p.requires_grad]
+    if not encoder or settings.lr <= 0:
+        raise LGAError("--encoder-lr needs a trained image encoder (--train-encoder-stages N or --train-encoder) "
+                       "and a positive --lr")
     in_encoder = {id(p) for p in encoder}
     rest = [p for p in trainable if id(p) not in in_encoder]
     groups = [{"params": rest, "lr_scale": 1.0}, {"params": encoder, "lr_scale": settings.encoder_lr / settings.lr}]
@@ -258,7 +260,7 @@ class _Run:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise LGAError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr,
+        self.optimizer = torch.optim.AdamW(_param_groups(model, self.params, settings), lr=settings.lr,
                                            weight_decay=settings.weight_decay)
         self.progress = _start_progress(out, state, self.optimizer, _recipe(settings))
         self.embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
