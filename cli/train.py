@@ -41,6 +41,9 @@ def train(
     vit_mlp: Optional[bool] = VitMlpOption,
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm (off in the paper)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn augmentation off."),
+    input_noise: float = typer.Option(0.0, "--input-noise", min=0.0, help="Augmentation: per-pixel uniform noise "
+                                      "of up to this many grey levels (0-255 scale; the level is drawn per image "
+                                      "from 0). Teaches robustness to perturbations as small as BF16's."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, shuffling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out/last."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps in total."),
@@ -90,7 +93,8 @@ def train(
                              augment=not no_augment, grad_clip=grad_clip, train_limit=limit_train,
                              val_limit=limit_val, skip_bad=skip_bad, resume=resume, force=force, bf16=bf16,
                              prefix_cache=not no_prefix_cache, val_every=val_every,
-                             init_from=init_from, prefix_noise=prefix_noise, encoder_lr=encoder_lr)
+                             init_from=init_from, prefix_noise=prefix_noise, encoder_lr=encoder_lr,
+                             input_noise=input_noise)
     summary = run_training(config, settings, sam_checkpoint)
     final = summary["final"] or {}
     typer.echo(f"done: {summary['steps_done']} steps, best val Dice {summary['best_val_dice']:.4f} "

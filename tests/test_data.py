@@ -141,6 +141,28 @@ def test_augmentation_moves_image_and_mask_together():
         assert agree > 0.97, f"seed {seed}: image and mask disagree on {1 - agree:.1%} of pixels"
 
 
+def test_input_noise_stays_within_its_level_and_keeps_clean_images_possible():
+    """--input-noise 2: every pixel moves by at most 2 grey levels, the level is drawn per image (some
+    images get far less), the result stays in 0..255, and 0 changes nothing."""
+    from lga_export.data.augment import pixel_noise
+
+    image = torch.full((3, 32, 32), 128.0)
+    image[:, :4] = 255.0
+    levels = []
+    for seed in range(20):
+        noisy = pixel_noise(image, torch.Generator().manual_seed(seed), 2.0)
+        moved = (noisy - image).abs()
+        assert moved.max() <= 2.0 and noisy.max() <= 255.0 and noisy.min() >= 0.0
+        levels.append(float(moved[:, 4:].max()))
+    assert min(levels) < 1.0 < max(levels)  # the level varies from image to image
+    assert torch.equal(pixel_noise(image, torch.Generator().manual_seed(0), 0.0), image)
+    plain = AugmentConfig(brightness=0.0, contrast=(1.0, 1.0), rotation_deg=0.0)
+    a, _ = augment(image, torch.zeros(1, 32, 32), torch.Generator().manual_seed(1), plain)
+    b, _ = augment(image, torch.zeros(1, 32, 32), torch.Generator().manual_seed(1),
+                   AugmentConfig(brightness=0.0, contrast=(1.0, 1.0), rotation_deg=0.0, noise=2.0))
+    assert not torch.equal(a, b) and (a - b).abs().max() <= 2.0
+
+
 def test_real_qata_val_split(qata_root):
     index = index_split(qata_root, "Val")
     assert len(index) == 400 and not index.skipped

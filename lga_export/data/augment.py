@@ -1,5 +1,6 @@
 """Paper §3.2 augmentation with torch only: random crop, rotation, translation, scaling
-(one affine warp applied identically to image and mask), then brightness and contrast (image only).
+(one affine warp applied identically to image and mask), then brightness and contrast (image only),
+and optionally per-pixel noise of a few grey levels (image only; `lga-export train --input-noise`).
 
 Every draw comes from a `torch.Generator` the caller seeds, so a run is reproducible.
 """
@@ -21,6 +22,7 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.2  # additive, fraction of the 0..255 range
     contrast: tuple[float, float] = (0.8, 1.2)
+    noise: float = 0.0  # per-pixel uniform noise of +-level grey levels, level drawn per image from [0, noise]
 
 
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
@@ -59,8 +61,21 @@ def photometric(image: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) -
     return ((image - mean) * contrast + mean + brightness).clamp(0.0, 255.0)
 
 
+def pixel_noise(image: torch.Tensor, gen: torch.Generator, level: float) -> torch.Tensor:
+    """Uniform noise of +-l grey levels on a 0..255 float image, l drawn from [0, level].
+
+    Why: a per-image min-max normalisation (lite) undoes brightness and contrast, so those teach
+    nothing there; half a grey level of noise already moves lite's masks as much as BF16 does
+    (record 2026-12-01-lite-precision-sensitivity). Drawing l from 0 keeps clean images in every batch."""
+    if level <= 0:
+        return image
+    amplitude = _uniform(gen, 0.0, level)
+    noise = (torch.rand(image.shape, generator=gen) * 2.0 - 1.0) * amplitude
+    return (image + noise).clamp(0.0, 255.0)
+
+
 def augment(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator,
             cfg: AugmentConfig = AugmentConfig()) -> tuple[torch.Tensor, torch.Tensor]:
     """0..255 float CxHxW image and 0/1 float 1xhxw mask -> augmented pair (same sizes)."""
     image, mask = warp(image, mask, random_affine(gen, cfg))
-    return photometric(image, gen, cfg), mask
+    return pixel_noise(photometric(image, gen, cfg), gen, cfg.noise), mask

@@ -84,10 +84,16 @@ class LGATinyViT(nn.Module):
 
     def train(self, mode: bool = True) -> "LGATinyViT":
         """A frozen encoder stays in eval mode: its BatchNorm statistics are pretrained, and TinyViT
-        caches its attention biases when switched to eval (call this after loading weights)."""
+        caches its attention biases when switched to eval (call this after loading weights). A trained
+        encoder keeps its BatchNorm layers in eval mode: batches of 2-8 images would replace the
+        statistics LiteMedSAM learned on ~1.5 million images with noisy ones (their scale and shift train)."""
         super().train(mode)
         if mode and not self.config.train_image_encoder:
             self.image_encoder.train(False)
+        elif mode:
+            for module in self.image_encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train(False)
         return self
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

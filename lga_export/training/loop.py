@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from lga_export.config import LGAConfig
+from lga_export.data.augment import AugmentConfig
 from lga_export.errors import Interrupted, LGAError
 from lga_export.fileio import atomic_file
 from lga_export.training.step import train_step
@@ -29,9 +30,9 @@ log = logging.getLogger(__name__)
 BEST_FILE = "best.safetensors"
 _RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "augment", "grad_clip",
                   "train_split", "val_split", "train_limit", "val_limit", "bf16", "prefix_cache",
-                  "init_from", "prefix_noise", "encoder_lr")  # must not change on --resume
+                  "init_from", "prefix_noise", "encoder_lr", "input_noise")  # must not change on --resume
 # Config fields that change only what trains: --init-from may change them (fine-tune more or less)
-_FREEZING_FIELDS = ("train_encoder_stages",)
+_FREEZING_FIELDS = ("train_encoder_stages", "train_image_encoder")
 OUTPUT_FILES = (BEST_FILE, "metrics.csv", "metrics.jsonl", "steps.csv", "learning_curve.png", "train.json")
 
 
@@ -64,6 +65,7 @@ class TrainSettings:
     init_from: Path | None = None  # start from this LGA checkpoint's weights (fine-tuning) instead of the init
     prefix_noise: float = 0.0  # Gaussian noise on cached prefix tokens, up to this x their RMS (step.perturb_prefix)
     encoder_lr: float | None = None  # peak learning rate of trained image-encoder weights (default: lr)
+    input_noise: float = 0.0  # augmentation: per-pixel noise up to this many grey levels (augment.pixel_noise)
     resume: bool = False
     force: bool = False
     progress: bool = True
@@ -264,7 +266,11 @@ class _Run:
                                            weight_decay=settings.weight_decay)
         self.progress = _start_progress(out, state, self.optimizer, _recipe(settings))
         self.embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
-        self.dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed)
+        if settings.input_noise and not settings.augment:
+            raise LGAError("--input-noise is part of the augmentation: drop --no-augment (the prefix cache, which "
+                           "needs it off, cannot hold noisy copies)")
+        self.dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed,
+                                           augment_config=AugmentConfig(noise=settings.input_noise))
         self.train_prefixes = self.val_prefixes = None
         if settings.prefix_cache and not settings.augment and supports_prefix_cache(model):
             self.train_prefixes = PrefixCache(model, train_samples, out / "prefix_cache", "train")
