@@ -43,7 +43,8 @@ def train(
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn augmentation off."),
     input_noise: float = typer.Option(0.0, "--input-noise", min=0.0, help="Augmentation: per-pixel uniform noise "
                                       "of up to this many grey levels (0-255 scale; the level is drawn per image "
-                                      "from 0). Teaches robustness to perturbations as small as BF16's."),
+                                      "from 0; with --no-augment, the only augmentation). Teaches robustness to "
+                                      "perturbations as small as BF16's."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, shuffling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out/last."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps in total."),

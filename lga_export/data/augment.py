@@ -22,6 +22,7 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.2  # additive, fraction of the 0..255 range
     contrast: tuple[float, float] = (0.8, 1.2)
+    paper: bool = True  # the paper's warp, brightness and contrast above (off: noise only)
     noise: float = 0.0  # per-pixel uniform noise of +-level grey levels, level drawn per image from [0, noise]
 
 
@@ -77,5 +78,7 @@ def pixel_noise(image: torch.Tensor, gen: torch.Generator, level: float) -> torc
 def augment(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator,
             cfg: AugmentConfig = AugmentConfig()) -> tuple[torch.Tensor, torch.Tensor]:
     """0..255 float CxHxW image and 0/1 float 1xhxw mask -> augmented pair (same sizes)."""
-    image, mask = warp(image, mask, random_affine(gen, cfg))
-    return pixel_noise(photometric(image, gen, cfg), gen, cfg.noise), mask
+    if cfg.paper:
+        image, mask = warp(image, mask, random_affine(gen, cfg))
+        image = photometric(image, gen, cfg)
+    return pixel_noise(image, gen, cfg.noise), mask

@@ -266,13 +266,12 @@ class _Run:
                                            weight_decay=settings.weight_decay)
         self.progress = _start_progress(out, state, self.optimizer, _recipe(settings))
         self.embedder = TextEmbedder(model, [s.text for s in train_samples + val_samples])
-        if settings.input_noise and not settings.augment:
-            raise LGAError("--input-noise is part of the augmentation: drop --no-augment (the prefix cache, which "
-                           "needs it off, cannot hold noisy copies)")
-        self.dataset = SegmentationDataset(train_samples, config, train=settings.augment, seed=settings.seed,
-                                           augment_config=AugmentConfig(noise=settings.input_noise))
+        varied = settings.augment or settings.input_noise > 0  # --no-augment --input-noise G: noise only
+        self.dataset = SegmentationDataset(train_samples, config, train=varied, seed=settings.seed,
+                                           augment_config=AugmentConfig(paper=settings.augment,
+                                                                        noise=settings.input_noise))
         self.train_prefixes = self.val_prefixes = None
-        if settings.prefix_cache and not settings.augment and supports_prefix_cache(model):
+        if settings.prefix_cache and not varied and supports_prefix_cache(model):
             self.train_prefixes = PrefixCache(model, train_samples, out / "prefix_cache", "train")
             self.val_prefixes = PrefixCache(model, val_samples, out / "prefix_cache", "val")
             log.info("caching the frozen encoder stages before the first FFM in %s", out / "prefix_cache")
