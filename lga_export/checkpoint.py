@@ -143,14 +143,20 @@ def _stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lga_checkpoint(model: nn.Module, path: str | Path, *, force: bool = False,
-                        metadata: dict[str, str] | None = None) -> Path:
-    """Write model weights and config to one safetensors file, atomically."""
+                        metadata: dict[str, str] | None = None, half: bool = False) -> Path:
+    """Write model weights and config to one safetensors file, atomically. `half`: floating-point
+    weights stored in FP16 (half the file; they load back into the FP32 model, so the model is the
+    rounded one, which is what an evaluation of the file scores)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     meta = {"format": CHECKPOINT_FORMAT, "lga_config": model.config.to_json(), **(metadata or {})}
+    state = _stored_state(model)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        meta["stored_dtype"] = "float16"
     with atomic_file(path, force=force) as tmp:
-        save_file(_stored_state(model), str(tmp), metadata=meta)
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

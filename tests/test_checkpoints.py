@@ -83,6 +83,31 @@ def test_lga_checkpoint_round_trip_is_bit_exact(tmp_path, tiny_model):
     assert not list(tmp_path.glob(".*partial")), "no temporary file may be left behind"
 
 
+def test_half_stores_fp16_weights_that_load_rounded_into_the_fp32_model(tmp_path, tiny_model):
+    """`lga-export half`: FP16 in the file (about half its size), FP32 in the loaded model, every
+    weight the FP16 rounding of the original; the original is never overwritten."""
+    from safetensors import safe_open
+
+    path = save_lga_checkpoint(tiny_model, tmp_path / "model.safetensors")
+    copy = tmp_path / "half.safetensors"
+    result = runner.invoke(app, ["half", "--checkpoint", str(path), "--out", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert copy.stat().st_size < 0.55 * path.stat().st_size and "largest weight change" in result.output
+    with safe_open(str(copy), framework="pt") as handle:
+        assert handle.metadata()["stored_dtype"] == "float16"
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} <= {torch.float16, torch.int64}
+    loaded = load_lga_checkpoint(copy).state_dict()
+    with safe_open(str(copy), framework="pt") as handle:
+        stored = set(handle.keys())
+    for key, value in tiny_model.state_dict().items():  # what the file does not hold (the frozen text model) stays exact
+        expected = value.half().to(value.dtype) if value.is_floating_point() and key in stored else value
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], expected), key
+    again = runner.invoke(app, ["half", "--checkpoint", str(path), "--out", str(copy)])
+    assert again.exit_code == 2 and "--force" in again.output
+    itself = runner.invoke(app, ["half", "--checkpoint", str(path), "--out", str(path)])
+    assert itself.exit_code == 2 and "the checkpoint itself" in itself.output
+
+
 def test_a_checkpoint_records_its_family_and_one_from_before_the_field_loads_as_sam_vit():
     """The shipped tiny model was saved before configs had a `family` (2026-11-29): its stored
     config names none and it loads as SAM-ViT; the shipped lite model names tiny_vit."""
