@@ -138,9 +138,11 @@ def half(
     if out.resolve() == checkpoint.resolve():
         raise LGAError("--out is the checkpoint itself; give another file")
     model = load_lga_checkpoint(checkpoint)
-    rounded = max((float((p - p.half().float()).abs().max()) for p in model.state_dict().values()
-                   if p.is_floating_point() and p.numel()), default=0.0)
     save_lga_checkpoint(model, out, force=force, half=True)
+    # read the copy back: it must load, and only what it stores may have moved (by the rounding)
+    original, copy = model.state_dict(), load_lga_checkpoint(out).state_dict()
+    rounded = max((float((original[k] - copy[k]).abs().max()) for k in original
+                   if original[k].is_floating_point() and original[k].numel()), default=0.0)
     typer.echo(f"{out}: {out.stat().st_size / 1e6:.1f} MB (was {checkpoint.stat().st_size / 1e6:.1f} MB); "
                f"largest weight change {rounded:.2e}")
 

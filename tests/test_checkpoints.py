@@ -96,9 +96,8 @@ def test_half_stores_fp16_weights_that_load_rounded_into_the_fp32_model(tmp_path
     with safe_open(str(copy), framework="pt") as handle:
         assert handle.metadata()["stored_dtype"] == "float16"
         assert {handle.get_tensor(k).dtype for k in handle.keys()} <= {torch.float16, torch.int64}
-    loaded = load_lga_checkpoint(copy).state_dict()
-    with safe_open(str(copy), framework="pt") as handle:
         stored = set(handle.keys())
+    loaded = load_lga_checkpoint(copy).state_dict()
     for key, value in tiny_model.state_dict().items():  # what the file does not hold (the frozen text model) stays exact
         expected = value.half().to(value.dtype) if value.is_floating_point() and key in stored else value
         assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], expected), key

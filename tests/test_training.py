@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from lga_export.config import get_preset
-from lga_export.errors import LGAError
 from lga_export.training.loop import TrainSettings, train
 
 
