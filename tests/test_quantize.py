@@ -92,3 +92,26 @@ def test_sensitive_nodes_are_found_by_module_path(static_export):
     decoder = nodes_matching(model, family_scopes)
     assert decoder and all(scopes[n].startswith(("model.mask_decoder", "model.image_encoder.patch_embed",
                                                   "model.image_encoder.neck")) for n in decoder)
+
+
+@pytest.mark.parametrize("preset, per_channel", [("tiny", False), ("lite", True)])
+def test_dynamic_int8_scales_weights_as_the_family_declares(tmp_path, preset, per_channel):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lga_export.config import get_preset
+    from lga_export.export.quantize import quantize_int8
+
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    weight[:, 0] *= 100  # one loud output channel: a per-tensor scale would flatten the others
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                              [numpy_helper.from_array(weight, "w")])
+    source, target = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    entry = quantize_int8("dynamic", source, target, config=get_preset(preset), log=lambda _: None)
+    assert entry["per_channel"] is per_channel
+    scales = [numpy_helper.to_array(i) for i in onnx.load(str(target)).graph.initializer
+              if i.name.startswith("w") and i.name.endswith("_scale")]
+    assert [s.size for s in scales] == [32 if per_channel else 1]

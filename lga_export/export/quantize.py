@@ -3,7 +3,8 @@
 Three methods (`lga-export onnx --int8 dynamic|static|ov`):
 
 - **dynamic** (the default): ONNX Runtime's dynamic quantisation of the weight MatMuls/Gemms
-  (INT8 weights per tensor, activations quantised on the fly per run); no calibration data.
+  (INT8 weights per tensor, or per output channel where the family declares it:
+  `FamilySpec.dynamic_int8_per_channel`; activations quantised on the fly per run); no calibration data.
 - **static**: ONNX Runtime's `quantize_static`, QDQ format, weights INT8 per channel,
   activations UINT8 with MinMax ranges calibrated on real QaTa-COV19 *training* images and
   their reports, preprocessed exactly as the pipeline does (`Segmenter.image_batch`; the
@@ -85,16 +86,19 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_dynamic_int8(source: Path, target: Path) -> dict[str, Any]:
-    """Write `target` (one file) from the FP32 graph `source`; return how it was quantised."""
+def quantize_dynamic_int8(source: Path, target: Path, *, exclude_nodes: Iterable[str] = (),
+                          per_channel: bool = False) -> dict[str, Any]:
+    """Write `target` (one file) from the FP32 graph `source`, leaving `exclude_nodes` in FP32;
+    return how it was quantised."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    excluded = list(exclude_nodes)
     with _quiet_root_logger():
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
-                         per_channel=False, reduce_range=False)
+                         per_channel=per_channel, reduce_range=False, nodes_to_exclude=excluded)
     return {"method": "dynamic", "tool": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": "QInt8", "activations": "QUInt8, dynamic", "op_types": list(QUANTIZED_OPS),
-            "per_channel": False, "calibration": None, "excluded_nodes": [], "text_graph": "fp32"}
+            "per_channel": per_channel, "calibration": None, "excluded_nodes": excluded, "text_graph": "fp32"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,8 +206,10 @@ def quantize_int8(method: str, source: Path, target: Path, *, config=None, text_
     """The exporter's entry point: the INT8 image graph by `method` (one of INT8_METHODS) at
     `target` (named by `int8_filename`)."""
     if method == "dynamic":
-        log("quantising the image graph to INT8 (ONNX Runtime dynamic quantisation) ...")
-        return quantize_dynamic_int8(source, target)
+        per_channel = config is not None and spec_of(config.family).dynamic_int8_per_channel
+        log(f"quantising the image graph to INT8 (ONNX Runtime dynamic quantisation, weights per "
+            f"{'channel' if per_channel else 'tensor'}) ...")
+        return quantize_dynamic_int8(source, target, per_channel=per_channel)
     if method not in CALIBRATED:
         raise LGAError(f"unknown INT8 method {method!r}; choose {' or '.join(INT8_METHODS)}")
     if config is None or text_graph is None or tokenizer_dir is None:

@@ -47,7 +47,9 @@ class FamilySpec:
     """One family's torch-free declarations.
 
     `int8_fp32_scopes`: module-path pattern -> why, the nodes ONNX Runtime's static INT8 keeps FP32;
-    `ov_int8_fp32_scopes`: the same for NNCF's OpenVINO INT8 (in the order recorded in manifests)."""
+    `ov_int8_fp32_scopes`: the same for NNCF's OpenVINO INT8 (in the order recorded in manifests);
+    `dynamic_int8_per_channel`: ONNX Runtime's dynamic INT8 gives each weight output channel its own
+    scale instead of one per tensor."""
 
     name: str
     check: Callable[[ArchitectureFields], None]  # raises LGAError for an architecture this family cannot build
@@ -56,3 +58,4 @@ class FamilySpec:
     fp16_fp32_ops: tuple[str, ...]
     int8_fp32_scopes: Mapping[str, str]
     ov_int8_fp32_scopes: Mapping[str, str]
+    dynamic_int8_per_channel: bool = False

@@ -1,0 +1,128 @@
+"""Which parts of an image graph ONNX Runtime's dynamic INT8 (`lga-export onnx --int8 dynamic`)
+should leave in FP32: quantise an export's FP32 image graph with the product's quantiser, once
+per variant (nothing kept, weights per channel, or one scope of the model kept FP32), and compare
+each graph's masks with ONNX Runtime FP32 in the same run.
+
+    python benchmarks/int8_dynamic_ablation.py EXPORT_DIR --data DATA_ROOT [--val 8]
+           [--variants all,per-channel,...] [--out OUT.json]
+
+Agreement: per-sample mask Dice of the image graph's logits (> 0) against ONNX Runtime FP32 on
+the first --val QaTa Val images (the built-in samples without DATA_ROOT). Latency: image graph,
+batch 1, median of 3 after one warm-up. Prints one line per variant, writes JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lga_export.artifact import open_export  # noqa: E402
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds  # noqa: E402
+from lga_export.export.kept_nodes import activation_matmuls, nodes_matching  # noqa: E402
+from lga_export.export.quantize import QUANTIZED_OPS, quantize_dynamic_int8  # noqa: E402
+from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
+from lga_export.runtime.host import cpu_identity  # noqa: E402
+from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
+from lga_export.runtime.pipeline import Segmenter  # noqa: E402
+from lga_export.samples import validation_samples  # noqa: E402
+from lga_export.verify.parity import compare  # noqa: E402
+
+# variant -> (module-path patterns kept FP32, keep attention's activation products, per channel)
+VARIANTS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
+    "all": ((), False, False),  # the product's dynamic INT8 before this ablation
+    "per-channel": ((), False, True),
+    "attention": ((), True, False),
+    "decoder": ((r"^model\.mask_decoder\.",), False, False),
+    "ffms": ((FFM_SCOPE,), False, False),
+    "stage1": ((r"^model\.image_encoder\.layers\.1\.",), False, False),
+    "stage2": ((r"^model\.image_encoder\.layers\.2\.",), False, False),
+    "stage3": ((r"^model\.image_encoder\.layers\.3\.",), False, False),
+    "encoder": ((r"^model\.image_encoder\.",), False, False),
+    "encoder+attention": ((r"^model\.image_encoder\.",), True, False),
+}
+
+
+def median_latency(run, repeats: int = 3) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def kept(model, name: str) -> list[str]:
+    scopes, attention, _ = VARIANTS[name]
+    return list(dict.fromkeys([*(activation_matmuls(model) if attention else []),
+                               *nodes_matching(model, scopes, QUANTIZED_OPS)]))
+
+
+def main() -> int:
+    import onnx
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("export", type=Path)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--val", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or args.val < 1:
+        parser.error(f"unknown variants {unknown} (choose from {list(VARIANTS)}), or --val below 1")
+
+    art = open_export(args.export)
+    text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
+    graph = onnx.load(str(image_graph), load_external_data=False)
+    samples, source = validation_samples(args.val, args.data)
+    names = [s.name for s in samples]
+    with OnnxRuntimeRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: image_graph}, threads=args.threads,
+                           tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ort:
+        segmenter = Segmenter(ort)
+        feeds = [image_feeds(segmenter.image_batch([s.rgb]), segmenter.text_embeddings([s.text])) for s in samples]
+        reference = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
+        ort_ms = median_latency(lambda: ort.infer(IMAGE_GRAPH, feeds[0])) * 1000
+    model, flags = cpu_identity()
+    report = {"export": str(args.export), "preset": art.config.preset, "cpu": model, "threads": args.threads,
+              "vnni": [f for f in flags if "vnni" in f or "amx_int8" in f],
+              "validation": {"source": source, "images": names}, "ort_fp32_ms": round(ort_ms, 1), "variants": {}}
+    print(f"{art.config.preset}: ORT FP32 image graph {ort_ms:.0f} ms; {len(names)} validation images; {model}",
+          flush=True)
+    for name in chosen:
+        excluded = kept(graph, name)
+        with tempfile.TemporaryDirectory(prefix="lga-int8-dyn-") as scratch:
+            target = Path(scratch) / "lga_image.int8.onnx"
+            start = time.perf_counter()
+            quantize_dynamic_int8(image_graph, target, exclude_nodes=excluded, per_channel=VARIANTS[name][2])
+            seconds = time.perf_counter() - start
+            with OnnxRuntimeRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: target}, threads=args.threads,
+                                   tokenizer_dir=art.tokenizer_dir, cache_dir=False) as quantised:
+                output = np.concatenate([quantised.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
+                ms = median_latency(lambda: quantised.infer(IMAGE_GRAPH, feeds[0])) * 1000
+        parity = compare(reference, output, names, masks=True)
+        report["variants"][name] = {
+            "kept_fp32": list(VARIANTS[name][0]), "attention_fp32": VARIANTS[name][1],
+            "per_channel": VARIANTS[name][2], "excluded_nodes": len(excluded), "quantize_s": round(seconds, 1),
+            "ms": round(ms, 1), "vs_ort_fp32": round(ms / ort_ms, 3), "worst": round(parity.dice_worst, 4),
+            "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4), "per_image": [round(float(d), 4) for d in parity.per_sample_dice]}
+        print(f"  {name:18s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32; agreement worst {parity.dice_worst:.4f} "
+              f"mean {parity.dice_mean:.4f}; {len(excluded)} nodes FP32", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
