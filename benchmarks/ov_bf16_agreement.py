@@ -1,30 +1,60 @@
-"""How far OpenVINO BF16 moves an export's masks, and whether keeping some ops FP32 helps.
+"""How far OpenVINO BF16 moves an export's masks, and whether keeping some layers FP32 helps.
 
-    python benchmarks/ov_bf16_agreement.py --onnx runs/onnx [--samples 8] [--keep REGEX ...]
+    python benchmarks/ov_bf16_agreement.py --onnx runs/onnx [--samples 8] [--keep REGEX ...] [--out F.json]
 
 Runs the first N QaTa Val images (the built-in samples without ../shared) through the export's
-graphs with OpenVINO FP32 and BF16 (batch 1, no compile cache, no self-check) and prints the
-per-image mask Dice agreement and the image graph's median latency. Each `--keep REGEX` adds a
-BF16 run in which the ops whose names match carry OpenVINO's `disable_fp16_compression` runtime
-attribute, which the CPU plugin documents as "run this op in FP32" for reduced inference
-precisions (openvino PR #21440). A `--keep .` that changes nothing means the attribute did not reach
-the compiled model (measured on OpenVINO 2026.4.1: no effect, record
-2026-12-02-lite-whole-encoder-noise).
+image graph with OpenVINO FP32 and BF16 (batch 1, no compile cache) and prints the per-image
+mask Dice agreement (logits > 0), the median latency and the compiled model's compute layers by
+runtime precision. Each `--keep REGEX` (over the PyTorch module path the exporter records on
+every ONNX node, e.g. `^model\\.image_encoder\\.patch_embed`) adds a BF16 run in which the
+matching Convolution and MatMul layers carry OpenVINO's keep-precision runtime attribute.
+
+How that attribute reaches the CPU plugin (OpenVINO 2026.4.1): it is a typed runtime attribute
+(`ov::DisablePrecisionConversion`, written in an IR as `<attribute name="precise" version="0"/>`).
+A string set from Python under its key is rejected at compile time, under the older key
+`disable_fp16_compression_0` ignored; so this script writes the graph as an IR, adds the
+attribute to the chosen layers in the XML and reads it back. The stem's convolutions then run in
+f32; marking stage 0's MBConv convolutions as well makes compile_model fail ("object is not
+initialized"), and marking every op of a scope does too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-KEEP_FP32 = "disable_fp16_compression_0"  # ov::DisableFP16Compression's runtime-info key
+KEEP_FP32 = {"name": "precise", "version": "0"}  # ov::DisablePrecisionConversion in an IR
+MARKED_TYPES = ("Convolution", "MatMul")
+COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul")
+
+
+def marked_ir(source_xml: Path, target_xml: Path, scopes: dict[str, str], pattern: str | None) -> int:
+    """Copy the IR `source_xml` to `target_xml` (sharing its weights), marking the compute layers
+    whose ONNX node's module path matches `pattern`; return how many were marked."""
+    tree = ET.parse(source_xml)
+    marked = 0
+    for layer in tree.getroot().iter("layer"):
+        scope = scopes.get(layer.get("name", "").split("/")[0], "")
+        if pattern and layer.get("type") in MARKED_TYPES and re.search(pattern, scope):
+            info = layer.find("rt_info")
+            ET.SubElement(info if info is not None else ET.SubElement(layer, "rt_info"), "attribute", KEEP_FP32)
+            marked += 1
+    tree.write(target_xml)
+    weights = target_xml.with_suffix(".bin")
+    weights.unlink(missing_ok=True)
+    weights.symlink_to(source_xml.with_suffix(".bin"))
+    return marked
 
 
 def main() -> int:
@@ -33,57 +63,84 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--data", type=Path, default=None, help="Data root with qata-cov19/ (default: ../shared/data).")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--keep", action="append", default=[], help="Regex of op names kept FP32 (repeatable).")
+    parser.add_argument("--keep", action="append", default=[], help="Regex of module paths kept FP32 (repeatable).")
+    parser.add_argument("--out", type=Path, help="Write the figures as JSON.")
     args = parser.parse_args()
 
+    import onnx
+    import openvino as ov
+
+    from lga_export.artifact import open_export
+    from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds
     from lga_export.errors import LGAError
-    from lga_export.runtime import openvino_runner
+    from lga_export.export.kept_nodes import node_scopes
+    from lga_export.runtime.host import cpu_identity
+    from lga_export.runtime.openvino_runner import with_batch
+    from lga_export.runtime.ort_runner import OnnxRuntimeRunner
     from lga_export.runtime.pipeline import Segmenter
-    from lga_export.runtime.registry import open_runner
-    from lga_export.runtime.sample_runs import run_samples
     from lga_export.samples import validation_samples
     from lga_export.verify.metrics import mask_agreement
 
-    samples, where = validation_samples(args.samples, args.data)
-    pattern: dict[str, str | None] = {"keep": None}
-    check_model = openvino_runner.OpenVinoRunner._check_model
-
-    def marking(self, graph, path, model):  # after the runner's own checks, before compile_model
-        check_model(self, graph, path, model)
-        if pattern["keep"] is None:
-            return
-        ops = model.get_ops()
-        marked = [op for op in ops if re.search(pattern["keep"], op.get_friendly_name())]
-        for op in marked:
-            op.get_rt_info()[KEEP_FP32] = ""
-        print(f"  {graph}: {len(marked)} of {len(ops)} ops marked FP32 ({pattern['keep']})", flush=True)
-
-    openvino_runner.OpenVinoRunner._check_model = marking
-
-    def run(precision: str, keep: str | None):
-        pattern["keep"] = keep
-        runner = open_runner("ov", args.onnx, precision, self_check="off", cache_dir=False, threads=args.threads)
-        outputs = run_samples(runner, samples, 1)
-        segmenter = Segmenter(runner)
-        embedding = segmenter.text_embeddings([samples[0].text])
-        times = []
-        for _ in range(6):
-            start = time.perf_counter()
-            segmenter.image_logits([samples[0].rgb], embedding)
-            times.append(time.perf_counter() - start)
-        return outputs, 1000 * float(np.median(times[1:]))
-
     try:
-        reference, ms = run("fp32", None)
+        art = open_export(args.onnx)
     except LGAError as exc:
         print(f"usage: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(samples)} samples from {where}; ov fp32: image graph {ms:.1f} ms", flush=True)
-    for keep in [None, *args.keep]:
-        outputs, ms = run("bf16", keep)
-        agree = mask_agreement(reference.logits, outputs.logits)
-        print(f"ov bf16 (FP32 kept: {keep or 'none'}): image graph {ms:.1f} ms, worst {min(agree):.4f}, "
-              f"mean {np.mean(agree):.4f}, per image {[round(a, 3) for a in agree]}", flush=True)
+    text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
+    samples, where = validation_samples(args.samples, args.data)
+    with OnnxRuntimeRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: image_graph}, threads=args.threads,
+                           tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ort:
+        segmenter = Segmenter(ort)
+        feeds = [image_feeds(segmenter.image_batch([s.rgb]), segmenter.text_embeddings([s.text])) for s in samples]
+    scopes = node_scopes(onnx.load(str(image_graph), load_external_data=False))
+    core = ov.Core()
+    scratch = Path(tempfile.mkdtemp(prefix="lga-ov-bf16-"))
+    ov.save_model(core.read_model(str(image_graph)), str(scratch / "fp32.xml"), compress_to_fp16=False)
+
+    def run(precision: str, pattern: str | None) -> tuple[np.ndarray, float, int, dict[str, int]]:
+        marked = marked_ir(scratch / "fp32.xml", scratch / "run.xml", scopes, pattern)
+        model = core.read_model(str(scratch / "run.xml"))
+        with_batch(model, 1)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_NUM_THREADS": args.threads})
+        request = compiled.create_infer_request()
+        logits = np.concatenate([request.infer(f)[compiled.output("mask_logits")].copy() for f in feeds])
+        times = []
+        for _ in range(6):
+            start = time.perf_counter()
+            request.infer(feeds[0])
+            times.append(time.perf_counter() - start)
+        layers: Counter = Counter()
+        for op in compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) in COMPUTE_LAYERS:
+                layers[info["runtimePrecision"].astype(str)] += 1
+        return logits, 1000 * float(np.median(times[1:])), marked, dict(layers)
+
+    reference, ms, _, layers = run("f32", None)
+    model_name, flags = cpu_identity()
+    report = {"export": str(args.onnx), "preset": art.config.preset, "samples": where,
+              "images": [s.name for s in samples], "cpu": model_name,
+              "bf16_flags": [f for f in flags if "bf16" in f], "openvino": ov.get_version().split("-")[0],
+              "threads": args.threads, "fp32_ms": round(ms, 1), "runs": []}
+    print(f"{len(samples)} samples from {where}; ov fp32: image graph {ms:.1f} ms, layers {layers}", flush=True)
+    for pattern in [None, *args.keep]:
+        try:
+            logits, ms, marked, layers = run("bf16", pattern)
+        except RuntimeError as exc:  # the CPU plugin refuses some marked graphs
+            print(f"ov bf16 (FP32 kept: {pattern}): compile failed ({str(exc).strip().splitlines()[-1]})", flush=True)
+            report["runs"].append({"keep": pattern, "error": str(exc).strip().splitlines()[-1]})
+            continue
+        agree = mask_agreement(reference, logits)
+        report["runs"].append({"keep": pattern, "marked_layers": marked, "layers_by_precision": layers,
+                               "ms": round(ms, 1), "worst": round(min(agree), 4), "mean": round(float(np.mean(agree)), 4),
+                               "per_image": [round(a, 4) for a in agree]})
+        print(f"ov bf16 (FP32 kept: {pattern or 'none'}; {marked} layers marked, {layers}): image graph {ms:.1f} ms, "
+              f"worst {min(agree):.4f}, mean {np.mean(agree):.4f}, per image {[round(a, 3) for a in agree]}",
+              flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
     return 0
 
 
