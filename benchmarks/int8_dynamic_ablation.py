@@ -45,9 +45,13 @@ VARIANTS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
     "stage1": ((r"^model\.image_encoder\.layers\.1\.",), False, False),
     "stage2": ((r"^model\.image_encoder\.layers\.2\.",), False, False),
     "stage3": ((r"^model\.image_encoder\.layers\.3\.",), False, False),
+    "stages2-3": ((r"^model\.image_encoder\.layers\.[23]\.",), False, False),
+    "stages1-2": ((r"^model\.image_encoder\.layers\.[12]\.",), False, False),
     "encoder": ((r"^model\.image_encoder\.",), False, False),
     "encoder+attention": ((r"^model\.image_encoder\.",), True, False),
 }
+VARIANTS.update({f"per-channel+{name}": (scopes, attention, True)  # per channel with one scope kept FP32
+                 for name, (scopes, attention, _) in list(VARIANTS.items()) if scopes})
 
 
 def median_latency(run, repeats: int = 3) -> float:

@@ -94,24 +94,32 @@ def test_sensitive_nodes_are_found_by_module_path(static_export):
                                                   "model.image_encoder.neck")) for n in decoder)
 
 
-@pytest.mark.parametrize("preset, per_channel", [("tiny", False), ("lite", True)])
-def test_dynamic_int8_scales_weights_as_the_family_declares(tmp_path, preset, per_channel):
+@pytest.mark.parametrize("preset, lite", [("tiny", False), ("lite", True)])
+def test_dynamic_int8_scales_weights_and_keeps_scopes_as_the_family_declares(tmp_path, preset, lite):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from lga_export.config import get_preset
     from lga_export.export.quantize import quantize_int8
 
-    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
-    weight[:, 0] *= 100  # one loud output channel: a per-tensor scale would flatten the others
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
-                              [numpy_helper.from_array(weight, "w")])
+    rng = np.random.default_rng(0)
+    weights = {name: rng.standard_normal((64, 64)).astype(np.float32) for name in ("w_stage1", "w_stage3")}
+    for weight in weights.values():
+        weight[:, 0] *= 100  # one loud output channel: a per-tensor scale would flatten the others
+    nodes = []
+    for name, inputs, scope in (("stage1", ["x", "w_stage1"], "model.image_encoder.layers.1.blocks.0.mlp.fc1"),
+                                ("stage3", ["h", "w_stage3"], "model.image_encoder.layers.3.blocks.0.mlp.fc1")):
+        node = helper.make_node("MatMul", inputs, ["h" if name == "stage1" else "y"], name=name)
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=repr([scope, "linear"]))
+        nodes.append(node)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(w, n) for n, w in weights.items()])
     source, target = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
     entry = quantize_int8("dynamic", source, target, config=get_preset(preset), log=lambda _: None)
-    assert entry["per_channel"] is per_channel
-    scales = [numpy_helper.to_array(i) for i in onnx.load(str(target)).graph.initializer
-              if i.name.startswith("w") and i.name.endswith("_scale")]
-    assert [s.size for s in scales] == [32 if per_channel else 1]
+    assert entry["per_channel"] is lite
+    assert entry["excluded_nodes"] == (["stage1"] if lite else []) and bool(entry["excluded_scopes"]) is lite
+    scales = {i.name: numpy_helper.to_array(i).size for i in onnx.load(str(target)).graph.initializer
+              if i.name.endswith("_scale")}
+    assert scales == ({"w_stage3_scale": 64} if lite else {"w_stage1_scale": 1, "w_stage3_scale": 1})

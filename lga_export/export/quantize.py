@@ -4,7 +4,8 @@ Three methods (`lga-export onnx --int8 dynamic|static|ov`):
 
 - **dynamic** (the default): ONNX Runtime's dynamic quantisation of the weight MatMuls/Gemms
   (INT8 weights per tensor, or per output channel where the family declares it:
-  `FamilySpec.dynamic_int8_per_channel`; activations quantised on the fly per run); no calibration data.
+  `FamilySpec.dynamic_int8_per_channel`; activations quantised on the fly per run; the family's
+  `dynamic_int8_fp32_scopes` stay FP32); no calibration data.
 - **static**: ONNX Runtime's `quantize_static`, QDQ format, weights INT8 per channel,
   activations UINT8 with MinMax ranges calibrated on real QaTa-COV19 *training* images and
   their reports, preprocessed exactly as the pipeline does (`Segmenter.image_batch`; the
@@ -191,6 +192,15 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet
             "text_graph": "fp32"}
 
 
+def _nodes_under(source: Path, scopes: Mapping[str, str], op_types: Iterable[str]) -> list[str]:
+    """The `op_types` nodes of the graph `source` under the module-path `scopes`."""
+    if not scopes:
+        return []
+    import onnx
+
+    return kept_fp32_nodes(onnx.load(str(source), load_external_data=False), scopes, False, op_types)
+
+
 def int8_filename(method: str, graph: str) -> str:
     """The INT8 image graph's file, in the format of the backend that runs `method`'s graph
     (an OpenVINO IR for 'ov', ONNX for ONNX Runtime's methods)."""
@@ -206,10 +216,14 @@ def quantize_int8(method: str, source: Path, target: Path, *, config=None, text_
     """The exporter's entry point: the INT8 image graph by `method` (one of INT8_METHODS) at
     `target` (named by `int8_filename`)."""
     if method == "dynamic":
-        per_channel = config is not None and spec_of(config.family).dynamic_int8_per_channel
+        spec = spec_of(config.family) if config is not None else None
+        per_channel = bool(spec and spec.dynamic_int8_per_channel)
+        scopes = dict(spec.dynamic_int8_fp32_scopes) if spec else {}
         log(f"quantising the image graph to INT8 (ONNX Runtime dynamic quantisation, weights per "
             f"{'channel' if per_channel else 'tensor'}) ...")
-        return quantize_dynamic_int8(source, target, per_channel=per_channel)
+        entry = quantize_dynamic_int8(source, target, per_channel=per_channel,
+                                      exclude_nodes=_nodes_under(source, scopes, QUANTIZED_OPS))
+        return {**entry, "excluded_scopes": scopes}
     if method not in CALIBRATED:
         raise LGAError(f"unknown INT8 method {method!r}; choose {' or '.join(INT8_METHODS)}")
     if config is None or text_graph is None or tokenizer_dir is None:

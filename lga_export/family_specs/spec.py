@@ -5,7 +5,7 @@ torch builder."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol
 
 
@@ -49,7 +49,8 @@ class FamilySpec:
     `int8_fp32_scopes`: module-path pattern -> why, the nodes ONNX Runtime's static INT8 keeps FP32;
     `ov_int8_fp32_scopes`: the same for NNCF's OpenVINO INT8 (in the order recorded in manifests);
     `dynamic_int8_per_channel`: ONNX Runtime's dynamic INT8 gives each weight output channel its own
-    scale instead of one per tensor."""
+    scale instead of one per tensor; `dynamic_int8_fp32_scopes`: module-path pattern -> why, the
+    nodes it keeps FP32."""
 
     name: str
     check: Callable[[ArchitectureFields], None]  # raises LGAError for an architecture this family cannot build
@@ -59,3 +60,4 @@ class FamilySpec:
     int8_fp32_scopes: Mapping[str, str]
     ov_int8_fp32_scopes: Mapping[str, str]
     dynamic_int8_per_channel: bool = False
+    dynamic_int8_fp32_scopes: Mapping[str, str] = field(default_factory=dict)
