@@ -12,9 +12,11 @@ from lga_export.families import family_of
 def model_summary(model) -> dict[str, Any]:
     """JSON-ready summary: config, per-part counts and the paper's totals (LGA, decoder)."""
     parts = count_parameters(model)
-    adapter = sum(p.trainable for p in parts if p.name.startswith(("ffm_", "text_projection", "learnable_query",
-                                                                  "text_carry")))
+    adapter_parts = [p for p in parts if p.name.startswith(("ffm_", "text_projection", "learnable_query", "text_carry"))]
+    adapter = sum(p.trainable for p in adapter_parts)
     decoder = next(p.trainable for p in parts if p.name == "mask_decoder")
+    # what else trains (the image encoder with --train-encoder, the text model with --train-text, ...)
+    others = {p.name: p.trainable for p in parts if p.trainable and p not in adapter_parts and p.name != "mask_decoder"}
     return {
         "config": dataclasses.asdict(model.config),
         "ffm_block_indexes": list(model.config.ffm_block_indexes),
@@ -25,6 +27,7 @@ def model_summary(model) -> dict[str, Any]:
         "frozen": sum(p.frozen for p in parts),
         "adapter_trainable": adapter,
         "decoder_trainable": decoder,
+        "other_trainable": others,
     }
 
 
@@ -43,7 +46,8 @@ def render_summary(summary: dict[str, Any]) -> str:
     lines += [
         f"{'total':<18}{summary['trainable']:>14,}{summary['frozen']:>14,}",
         "",
-        f"trainable: LGA adapter {summary['adapter_trainable']:,} + mask decoder "
-        f"{summary['decoder_trainable']:,} = {summary['trainable']:,}",
+        f"trainable: LGA adapter {summary['adapter_trainable']:,} + mask decoder {summary['decoder_trainable']:,}"
+        + "".join(f" + {name} {count:,}" for name, count in summary.get("other_trainable", {}).items())
+        + f" = {summary['trainable']:,}",
     ]
     return "\n".join(lines)

