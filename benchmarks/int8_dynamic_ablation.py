@@ -25,13 +25,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lga_export.artifact import open_export  # noqa: E402
-from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds  # noqa: E402
-from lga_export.export.kept_nodes import activation_matmuls, nodes_matching  # noqa: E402
+from lga_export.bench.timing import measure  # noqa: E402
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH  # noqa: E402
+from lga_export.errors import LGAError  # noqa: E402
+from lga_export.export.calibration import image_graph_feeds  # noqa: E402
+from lga_export.export.kept_nodes import kept_fp32_nodes  # noqa: E402
 from lga_export.export.quantize import QUANTIZED_OPS, quantize_dynamic_int8  # noqa: E402
 from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
-from lga_export.runtime.pipeline import Segmenter  # noqa: E402
 from lga_export.samples import validation_samples  # noqa: E402
 from lga_export.verify.parity import compare  # noqa: E402
 
@@ -54,22 +56,6 @@ VARIANTS.update({f"per-channel+{name}": (scopes, attention, True)  # per channel
                  for name, (scopes, attention, _) in list(VARIANTS.items()) if scopes})
 
 
-def median_latency(run, repeats: int = 3) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def kept(model, name: str) -> list[str]:
-    scopes, attention, _ = VARIANTS[name]
-    return list(dict.fromkeys([*(activation_matmuls(model) if attention else []),
-                               *nodes_matching(model, scopes, QUANTIZED_OPS)]))
-
-
 def main() -> int:
     import onnx
 
@@ -86,17 +72,24 @@ def main() -> int:
     if unknown or args.val < 1:
         parser.error(f"unknown variants {unknown} (choose from {list(VARIANTS)}), or --val below 1")
 
-    art = open_export(args.export)
-    text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
-    graph = onnx.load(str(image_graph), load_external_data=False)
+    try:
+        art = open_export(args.export)
+    except LGAError as exc:
+        print(f"usage: {exc}", file=sys.stderr)
+        return 2
+    text_graph, fp32_image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
+    graph = onnx.load(str(fp32_image_graph), load_external_data=False)
     samples, source = validation_samples(args.val, args.data)
     names = [s.name for s in samples]
-    with OnnxRuntimeRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: image_graph}, threads=args.threads,
-                           tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ort:
-        segmenter = Segmenter(ort)
-        feeds = [image_feeds(segmenter.image_batch([s.rgb]), segmenter.text_embeddings([s.text])) for s in samples]
-        reference = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
-        ort_ms = median_latency(lambda: ort.infer(IMAGE_GRAPH, feeds[0])) * 1000
+    feeds = image_graph_feeds(art.config, text_graph, art.tokenizer_dir, [(s.rgb, s.text) for s in samples])
+
+    def run_image_graph(graph_file: Path) -> tuple[np.ndarray, float]:
+        """Mask logits of every feed and the median latency (ms) of the first, by ONNX Runtime."""
+        with OnnxRuntimeRunner(art.config, {IMAGE_GRAPH: graph_file}, threads=args.threads, cache_dir=False) as ort:
+            logits = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
+            return logits, measure(lambda: ort.infer(IMAGE_GRAPH, feeds[0]), lambda: None, 1, 1, 3).p50_ms
+
+    reference, ort_ms = run_image_graph(fp32_image_graph)
     model, flags = cpu_identity()
     report = {"export": str(args.export), "preset": art.config.preset, "cpu": model, "threads": args.threads,
               "vnni": [f for f in flags if "vnni" in f or "amx_int8" in f],
@@ -104,16 +97,13 @@ def main() -> int:
     print(f"{art.config.preset}: ORT FP32 image graph {ort_ms:.0f} ms; {len(names)} validation images; {model}",
           flush=True)
     for name in chosen:
-        excluded = kept(graph, name)
+        excluded = kept_fp32_nodes(graph, VARIANTS[name][0], VARIANTS[name][1], QUANTIZED_OPS)
         with tempfile.TemporaryDirectory(prefix="lga-int8-dyn-") as scratch:
             target = Path(scratch) / "lga_image.int8.onnx"
             start = time.perf_counter()
-            quantize_dynamic_int8(image_graph, target, exclude_nodes=excluded, per_channel=VARIANTS[name][2])
+            quantize_dynamic_int8(fp32_image_graph, target, exclude_nodes=excluded, per_channel=VARIANTS[name][2])
             seconds = time.perf_counter() - start
-            with OnnxRuntimeRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: target}, threads=args.threads,
-                                   tokenizer_dir=art.tokenizer_dir, cache_dir=False) as quantised:
-                output = np.concatenate([quantised.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
-                ms = median_latency(lambda: quantised.infer(IMAGE_GRAPH, feeds[0])) * 1000
+            output, ms = run_image_graph(target)
         parity = compare(reference, output, names, masks=True)
         report["variants"][name] = {
             "kept_fp32": list(VARIANTS[name][0]), "attention_fp32": VARIANTS[name][1],

@@ -25,7 +25,6 @@ import json
 import re
 import sys
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -71,13 +70,13 @@ def main() -> int:
     import openvino as ov
 
     from lga_export.artifact import open_export
-    from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds
+    from lga_export.bench.timing import measure
+    from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH
     from lga_export.errors import LGAError
+    from lga_export.export.calibration import image_graph_feeds
     from lga_export.export.kept_nodes import node_scopes
     from lga_export.runtime.host import cpu_identity
     from lga_export.runtime.openvino_runner import with_batch
-    from lga_export.runtime.ort_runner import OnnxRuntimeRunner
-    from lga_export.runtime.pipeline import Segmenter
     from lga_export.samples import validation_samples
     from lga_export.verify.metrics import mask_agreement
 
@@ -88,10 +87,7 @@ def main() -> int:
         return 2
     text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
     samples, where = validation_samples(args.samples, args.data)
-    with OnnxRuntimeRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: image_graph}, threads=args.threads,
-                           tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ort:
-        segmenter = Segmenter(ort)
-        feeds = [image_feeds(segmenter.image_batch([s.rgb]), segmenter.text_embeddings([s.text])) for s in samples]
+    feeds = image_graph_feeds(art.config, text_graph, art.tokenizer_dir, [(s.rgb, s.text) for s in samples])
     scopes = node_scopes(onnx.load(str(image_graph), load_external_data=False))
     core = ov.Core()
     scratch = Path(tempfile.mkdtemp(prefix="lga-ov-bf16-"))
@@ -105,17 +101,13 @@ def main() -> int:
                                                      "INFERENCE_NUM_THREADS": args.threads})
         request = compiled.create_infer_request()
         logits = np.concatenate([request.infer(f)[compiled.output("mask_logits")].copy() for f in feeds])
-        times = []
-        for _ in range(6):
-            start = time.perf_counter()
-            request.infer(feeds[0])
-            times.append(time.perf_counter() - start)
+        ms = measure(lambda: request.infer(feeds[0]), lambda: None, 1, 1, 5).p50_ms
         layers: Counter = Counter()
         for op in compiled.get_runtime_model().get_ops():
             info = op.get_rt_info()
             if info["layerType"].astype(str) in COMPUTE_LAYERS:
                 layers[info["runtimePrecision"].astype(str)] += 1
-        return logits, 1000 * float(np.median(times[1:])), marked, dict(layers)
+        return logits, ms, marked, dict(layers)
 
     reference, ms, _, layers = run("f32", None)
     model_name, flags = cpu_identity()

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,15 +26,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lga_export.artifact import open_export  # noqa: E402
+from lga_export.bench.timing import measure  # noqa: E402
 from lga_export.config import get_preset  # noqa: E402
-from lga_export.export.calibration import calibration_set  # noqa: E402
+from lga_export.export.calibration import calibration_set, image_graph_feeds  # noqa: E402
 from lga_export.export.quantize_ov import OpenVinoInt8Settings, ov_int8_settings, quantize_openvino_int8  # noqa: E402
-from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH, image_feeds  # noqa: E402
+from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH  # noqa: E402
+from lga_export.errors import LGAError  # noqa: E402
 from lga_export.verify.parity import compare  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
 from lga_export.runtime.openvino_runner import OpenVinoRunner  # noqa: E402
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
-from lga_export.runtime.pipeline import Segmenter  # noqa: E402
 from lga_export.family_specs import spec_of  # noqa: E402
 from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
 from lga_export.samples import validation_samples  # noqa: E402
@@ -74,13 +74,8 @@ VARIANT_NAMES = tuple(variants(get_preset("tiny")))  # the same for every family
 
 
 def median_latency(run, repeats: int = 3) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """Seconds: the median of `repeats` calls after one warm-up."""
+    return measure(run, lambda: None, 1, 1, repeats).p50_ms / 1000
 
 
 def main() -> int:
@@ -98,16 +93,18 @@ def main() -> int:
     if unknown or args.calibration < 1 or args.val < 1:
         parser.error(f"unknown variants {unknown} (choose from {list(VARIANT_NAMES)}), or a count below 1")
 
-    art = open_export(args.export)
+    try:
+        art = open_export(args.export)
+    except LGAError as exc:
+        print(f"usage: {exc}", file=sys.stderr)
+        return 2
     settings = variants(art.config)
     text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
     calibration = calibration_set(art.config, text_graph, art.tokenizer_dir, args.calibration, args.data)
     samples, source = validation_samples(args.val, args.data)
     names = [s.name for s in samples]
-    with OnnxRuntimeRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: image_graph}, threads=args.threads,
-                           tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ort:
-        segmenter = Segmenter(ort)
-        feeds = [image_feeds(segmenter.image_batch([s.rgb]), segmenter.text_embeddings([s.text])) for s in samples]
+    feeds = image_graph_feeds(art.config, text_graph, art.tokenizer_dir, [(s.rgb, s.text) for s in samples])
+    with OnnxRuntimeRunner(art.config, {IMAGE_GRAPH: image_graph}, threads=args.threads, cache_dir=False) as ort:
         reference = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
         ort_ms = median_latency(lambda: ort.infer(IMAGE_GRAPH, feeds[0])) * 1000
     model, flags = cpu_identity()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -54,15 +54,20 @@ def calibration_set(config, text_graph: Path, tokenizer_dir: Path, count: int = 
                     data_root: Path | None = None) -> CalibrationSet:
     """Image-graph feeds for calibration: each training image preprocessed by the pipeline,
     with the FP32 text graph's embedding of its report."""
+    pairs, source = calibration_samples(count, data_root)
+    feeds = image_graph_feeds(config, text_graph, tokenizer_dir, [(rgb, text) for _, rgb, text in pairs])
+    return CalibrationSet(feeds, source, [name for name, _, _ in pairs])
+
+
+def image_graph_feeds(config, text_graph: Path, tokenizer_dir: Path,
+                      pairs: Iterable[tuple[np.ndarray, str]]) -> list[dict[str, np.ndarray]]:
+    """The image graph's feeds (batch 1) for (image, report) pairs: each image preprocessed by the
+    pipeline, with the FP32 text graph's embedding of its report."""
     from lga_export.contract import TEXT_GRAPH, image_feeds
     from lga_export.runtime.ort_runner import OnnxRuntimeRunner
     from lga_export.runtime.pipeline import Segmenter
 
-    pairs, source = calibration_samples(count, data_root)
-    feeds = []
     with OnnxRuntimeRunner(config, {TEXT_GRAPH: text_graph}, tokenizer_dir=tokenizer_dir, low_memory=True,
                            cache_dir=False) as runner:
         segmenter = Segmenter(runner)
-        for _, rgb, text in pairs:
-            feeds.append(image_feeds(segmenter.image_batch([rgb]), segmenter.text_embeddings([text])))
-    return CalibrationSet(feeds, source, [name for name, _, _ in pairs])
+        return [image_feeds(segmenter.image_batch([rgb]), segmenter.text_embeddings([text])) for rgb, text in pairs]

@@ -65,3 +65,14 @@ def kept_fp32_nodes(model, scopes: Iterable[str], attention_products: bool,
     `attention_products` the activation x activation MatMuls (ONNX Runtime and OpenVINO alike)."""
     return list(dict.fromkeys([*(activation_matmuls(model) if attention_products else []),
                                *nodes_matching(model, scopes, op_types)]))
+
+
+def kept_fp32_nodes_in(source, scopes: Iterable[str], attention_products: bool,
+                       op_types: Iterable[str] = STATIC_OPS) -> list[str]:
+    """`kept_fp32_nodes` of the ONNX file `source` (not read when there is nothing to keep)."""
+    scopes = list(scopes)
+    if not scopes and not attention_products:
+        return []
+    import onnx
+
+    return kept_fp32_nodes(onnx.load(str(source), load_external_data=False), scopes, attention_products, op_types)

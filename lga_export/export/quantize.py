@@ -47,7 +47,7 @@ import numpy as np
 
 from lga_export.errors import LGAError
 from lga_export.export.calibration import CALIBRATION_SAMPLES, CalibrationSet, calibration_set
-from lga_export.export.kept_nodes import STATIC_OPS, kept_fp32_nodes, node_scopes
+from lga_export.export.kept_nodes import STATIC_OPS, kept_fp32_nodes, kept_fp32_nodes_in, node_scopes
 from lga_export.export.quantize_ov import quantize_ov_int8
 from lga_export.family_specs import spec_of
 
@@ -192,15 +192,6 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet
             "text_graph": "fp32"}
 
 
-def _nodes_under(source: Path, scopes: Mapping[str, str], op_types: Iterable[str]) -> list[str]:
-    """The `op_types` nodes of the graph `source` under the module-path `scopes`."""
-    if not scopes:
-        return []
-    import onnx
-
-    return kept_fp32_nodes(onnx.load(str(source), load_external_data=False), scopes, False, op_types)
-
-
 def int8_filename(method: str, graph: str) -> str:
     """The INT8 image graph's file, in the format of the backend that runs `method`'s graph
     (an OpenVINO IR for 'ov', ONNX for ONNX Runtime's methods)."""
@@ -222,7 +213,7 @@ def quantize_int8(method: str, source: Path, target: Path, *, config=None, text_
         log(f"quantising the image graph to INT8 (ONNX Runtime dynamic quantisation, weights per "
             f"{'channel' if per_channel else 'tensor'}) ...")
         entry = quantize_dynamic_int8(source, target, per_channel=per_channel,
-                                      exclude_nodes=_nodes_under(source, scopes, QUANTIZED_OPS))
+                                      exclude_nodes=kept_fp32_nodes_in(source, scopes, False, QUANTIZED_OPS))
         return {**entry, "excluded_scopes": scopes}
     if method not in CALIBRATED:
         raise LGAError(f"unknown INT8 method {method!r}; choose {' or '.join(INT8_METHODS)}")

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from lga_export.errors import LGAError, one_line
 from lga_export.export.calibration import calibration_set
-from lga_export.export.kept_nodes import kept_fp32_nodes
+from lga_export.export.kept_nodes import kept_fp32_nodes_in
 from lga_export.family_specs import spec_of
 
 MISSING_NNCF = ('--int8 ov needs NNCF and OpenVINO; pip install "lga-export[int8]"')
@@ -77,12 +77,7 @@ def nncf_modules():
 
 def excluded_nodes(source: Path, settings: OpenVinoInt8Settings) -> list[str]:
     """ONNX node names kept FP32 (OpenVINO keeps them as its operations' friendly names)."""
-    import onnx
-
-    if not settings.exclude_scopes and not settings.weight_matmuls_only:
-        return []
-    return kept_fp32_nodes(onnx.load(str(source), load_external_data=False), settings.exclude_scopes,
-                           settings.weight_matmuls_only)
+    return kept_fp32_nodes_in(source, settings.exclude_scopes, settings.weight_matmuls_only)
 
 
 def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any]],
