@@ -54,6 +54,14 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _forget_handled_interrupt() -> None:
+    """CPython sets a process-wide flag when a KeyboardInterrupt leaves code run by exec() of a
+    string (a library's generated code, say) and, under `python -m`, kills itself with SIGINT at
+    exit while the flag is set, even after the interrupt was handled: exit -2 instead of our 130
+    (seen in CI with predict --ray). Running exec() once more clears the flag."""
+    exec("None")  # noqa: S102 - a constant expression, run only for its side effect on that flag
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """No traceback reaches a user: a bad input is one line and exit 2, a failed check exit 3,
     anything unforeseen one line and exit 1 (LGA_DEBUG=1 or --debug shows the traceback).
@@ -76,6 +84,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt as exc:
             kept = one_line(exc, 400) if isinstance(exc, Interrupted) and str(exc) else "no partial output was kept"
             typer.secho(f"interrupted; {kept}", err=True)
+            _forget_handled_interrupt()
             raise typer.Exit(code=130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise

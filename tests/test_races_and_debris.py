@@ -249,3 +249,29 @@ def test_sigterm_ends_predict_ray_with_130_and_one_line(images, tmp_path) -> Non
     assert not [line for line in lines if line.startswith(("Traceback", "***", "Fatal")) or "Stack trace" in line
                 or "SIGTERM" in line], lines  # no stack dump of Ray's
     assert not out.exists()
+
+
+_INTERRUPTED_IN_EXEC = """
+import typer
+from lga_export.cli.common import user_errors
+
+app = typer.Typer()
+
+@app.command()
+@user_errors
+def run() -> None:
+    exec("raise KeyboardInterrupt")  # as when a signal lands in a library's exec()-generated code
+
+if __name__ == "__main__":
+    app()
+"""
+
+
+def test_an_interrupt_inside_exec_code_still_exits_130_under_python_m(tmp_path) -> None:
+    """CPython remembers a KeyboardInterrupt that left exec()'d code and, under `python -m`, killed
+    the process with SIGINT at exit even though user_errors had handled it (CI: -2, not 130)."""
+    (tmp_path / "interrupted_cli.py").write_text(_INTERRUPTED_IN_EXEC)
+    result = subprocess.run([sys.executable, "-m", "interrupted_cli"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines() == ["interrupted; no partial output was kept"], result.stderr
