@@ -123,7 +123,8 @@ BackendOption = typer.Option(None, "--backend", help="Runner: torch, torch-compi
                              "--precision int8, the one the export's INT8 graph was made for).")
 PrecisionOption = typer.Option("fp32", "--precision", help="fp32, fp16, bf16 or int8, as the backend and the export "
                                "offer. A reduced precision (ov bf16/int8, ort fp16/int8, trt fp16) checks itself the "
-                               "first time it runs on a machine: the built-in check sample through it and through "
+                               "first time it runs on a machine: the export's check sample (an image it was validated "
+                               "on) through it and through "
                                "the FP32 graphs, at the precision's tolerance; the verdict is cached beside the "
                                "compiled model. Asked for here, a precision that fails its check is refused (exit 3, "
                                "one line naming the CPU, the figure and a precision that passes), unless "

@@ -20,6 +20,7 @@ from lga_export.errors import LGAError
 from lga_export.fileio import sha256_file
 
 MANIFEST = "manifest.json"
+CHECK_SAMPLE = "check_sample.png"  # an image the export was validated on: the self-check runs it
 EXPORT_FORMAT = "lga-export-onnx/2"
 ENGINE_FORMAT = "lga-export-engine/2"
 TOKENIZER_DIR = "tokenizer"
@@ -85,6 +86,7 @@ class ExportManifest(TypedDict, total=False):
     traced_sizes: dict[str, int]
     libraries: dict[str, Any]
     validation: ValidationReport | None  # None: exported with validate=False
+    check_sample: dict[str, str]  # file, name, text, source: the runtime self-check's sample (CHECK_SAMPLE)
     files: dict[str, str]  # relative path -> sha256
     deployment_paths: list[dict[str, Any]]  # the demo's summary only, never on disk
 

@@ -13,6 +13,7 @@ backend with its figure and still succeeds while another deployment path passes.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,59 @@ def test_demo_shows_a_failing_backend_and_succeeds(broken, monkeypatch, tmp_path
     with pytest.raises(ValidationFailed, match="no CPU deployment path passed its gate .*broken-ort-fp32: worst"):
         demo.require_a_passing_path(rows, tmp_path / "report.md")
     demo.require_a_passing_path([*rows, {"label": "ort-fp32", "status": "passed", "figure": ""}], tmp_path)
+
+
+def _data_root_of(samples, root: Path) -> Path:
+    """A data root in the LViT layout whose Val split holds `samples` (images, masks, reports)."""
+    from PIL import Image
+
+    folder = root / "qata-cov19" / "Val_Folder"
+    (folder / "img").mkdir(parents=True)
+    (folder / "labelcol").mkdir()
+    rows = []
+    for index, sample in enumerate(samples):
+        name = f"val_{index}.png"
+        Image.fromarray(sample.rgb).save(folder / "img" / name)
+        Image.fromarray(sample.mask.astype("uint8") * 255).save(folder / "labelcol" / f"mask_{name}")
+        rows.append(f'mask_{name},"{sample.text}"\n')
+    (folder / "Val_text.csv").write_text("Image,Description\n" + "".join(rows))
+    return root
+
+
+def test_an_export_checks_itself_on_an_image_it_was_validated_on(default_model, tmp_path, cache):
+    """The check sample travels in the export (file + report, sha256 in the manifest): the verdict
+    names it, ran on it, and is keyed by it; an export without one (older) uses the built-in
+    sample; a changed check sample is refused when the export is opened."""
+    from lga_export.artifact import CHECK_SAMPLE, MANIFEST, open_export
+    from lga_export.errors import LGAError
+    from lga_export.export.exporter import export_onnx
+    from lga_export.imageio import read_image
+
+    own = synthetic_samples(3, seed=7)  # not the built-in check sample (seed 0)
+    folder = tmp_path / "onnx"
+    manifest = export_onnx(default_model, folder, fp16=True, data_root=_data_root_of(own, tmp_path / "data"),
+                           log=lambda _: None)
+    entry = manifest["check_sample"]
+    assert entry == {"file": CHECK_SAMPLE, "name": "val_0.png", "text": own[0].text, "source": "qata-cov19 Val"}
+    assert np.array_equal(read_image(folder / CHECK_SAMPLE), own[0].rgb) and CHECK_SAMPLE in manifest["files"]
+
+    with open_runner("ort", folder, "fp16") as runner:
+        check = runner.self_check
+    assert check.state == "passed" and check.sample == "the export's check sample (qata-cov19 Val val_0.png)"
+    assert check.figure["samples"] == ["val_0.png"] and max(check.figure["reference_foreground"]) > 0
+    key = runner._self_check_plan.key["check"]
+    assert key["sha256"] == manifest["files"][CHECK_SAMPLE] and key["text"] == own[0].text
+
+    older = tmp_path / "older"  # an export written before check samples: the built-in one
+    shutil.copytree(folder, older)
+    stored = json.loads((older / MANIFEST).read_text())
+    del stored["check_sample"], stored["files"][CHECK_SAMPLE]
+    (older / CHECK_SAMPLE).unlink()
+    (older / MANIFEST).write_text(json.dumps(stored))
+    with open_runner("ort", older, "fp16") as runner:
+        assert runner.self_check.sample == "the built-in check sample"
+        assert runner.self_check.figure["samples"] == ["synthetic_0.png"]
+
+    (folder / CHECK_SAMPLE).write_bytes(b"not the image it was validated on")
+    with pytest.raises(LGAError, match=CHECK_SAMPLE):
+        open_export(folder)

@@ -31,7 +31,7 @@ def check_gates(results: BenchResults, min_dice_agreement: float | None, max_lat
             worst = figure.get("worst_agreement")
             failures.append(f"{label}: self-check failed on {check.get('host')} against {check.get('reference')} "
                             f"(worst mask agreement {'none' if worst is None else f'{worst:.4f}'} < {figure.get('gate')}, "
-                            f"{figure.get('nonfinite', 0)} NaN/Inf on the built-in check sample)")
+                            f"{figure.get('nonfinite', 0)} NaN/Inf on {check.get('sample') or 'the built-in check sample'})")
         for batch, figures in case["batches"].items():
             parity = figures["parity"]["end_to_end"]
             worst = parity["dice_worst"]

@@ -238,7 +238,8 @@ def _self_check_lines(results: BenchResults) -> list[str]:
     if not rows:
         return ["No reduced-precision case that checks itself ran (or every one ran with --no-self-check)."]
     return ["The first run of a reduced precision on a machine is compared with the FP32 graphs of the same "
-            "backend on the built-in check sample; the verdict is cached beside the compiled model.", "",
+            "backend on the export's check sample (an image it was validated on; the built-in synthetic one for "
+            "exports without it); the verdict is cached beside the compiled model.", "",
             "| case | self-check | cached | against | worst agreement | gate | NaN/Inf | cost here | machine |",
             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"] + rows
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from lga_export.artifact import (EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, ExportManifest, GraphEntry, file_digests,
+from lga_export.artifact import (CHECK_SAMPLE, EXPORT_FORMAT, MANIFEST, TOKENIZER_DIR, ExportManifest, GraphEntry, file_digests,
                                   is_openvino_ir)
 from lga_export.checkpoint import model_digest
 from lga_export.errors import LGAError, ValidationFailed
@@ -23,7 +23,7 @@ from lga_export.modeling.graphs import graph_modules
 from lga_export.fileio import atomic_dir
 from lga_export.versions import library_versions
 from lga_export.modeling.text_encoder import load_tokenizer
-from lga_export.samples import check_data_root
+from lga_export.samples import check_data_root, validation_samples
 
 
 def _trace_sizes(validation_batch: int) -> dict[str, int]:
@@ -83,10 +83,21 @@ def export_onnx(model, out_dir: str | Path, *, fp16: bool = False, int8: bool | 
             "traced_sizes": sizes,
             "libraries": library_versions(),
             "validation": validation,
+            "check_sample": _write_check_sample(tmp, data_root),
             "files": file_digests(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=list))
     return manifest
+
+
+def _write_check_sample(tmp: Path, data_root: Path | None) -> dict[str, str]:
+    """The first validation image and its report, for the runtime self-check on each machine
+    (runtime/self_check.py): a model trained on X-rays is checked on one of its X-rays."""
+    from PIL import Image
+
+    samples, source = validation_samples(1, data_root)
+    Image.fromarray(samples[0].rgb).save(tmp / CHECK_SAMPLE)
+    return {"file": CHECK_SAMPLE, "name": samples[0].name, "text": samples[0].text, "source": source.split(" (")[0]}
 
 
 def _export_graphs(model, sizes: dict[str, int], opset: int, fp16: bool, tmp: Path,

@@ -136,6 +136,7 @@ class Runner(abc.ABC):
         self.self_check: Any = None  # self_check.SelfCheck once checked (or skipped); None: not checked
         self.requested_precision: str | None = None  # set on the FP32 runner a failed self-check fell back to
         self._self_check_plan: Any = None  # attached by the factory (self_check.attach)
+        self.check_sample: Any = None  # the artefact's own self-check sample (self_check.CheckSample); None: built-in
 
     @abc.abstractmethod
     def activate_impl(self) -> None:
