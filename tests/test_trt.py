@@ -818,3 +818,23 @@ def test_runner_uses_its_own_stream(tiny_engines) -> None:
         runner.synchronize()
         assert out[MASK_LOGITS].shape == (2, 1, 256, 256) and np.isfinite(out[MASK_LOGITS]).all()
         assert runner.describe()["gpu_name"] == torch.cuda.get_device_name()
+
+
+def test_engines_opened_with_their_export_check_themselves_on_its_sample(built) -> None:
+    """With --onnx, the self-check runs the export's own check sample (verified with the export);
+    an engine folder on its own falls back to the built-in one."""
+    from PIL import Image
+
+    from lga_export.artifact import CHECK_SAMPLE
+    from lga_export.samples import synthetic_samples
+
+    folder, engines = built
+    sample = synthetic_samples(1, seed=9)[0]
+    Image.fromarray(sample.rgb).save(folder / CHECK_SAMPLE)
+    _write_export_manifest(folder, ("fp32", "fp16"))
+    _rewrite(folder / MANIFEST, check_sample={"file": CHECK_SAMPLE, "name": "val_0.png", "text": sample.text,
+                                              "source": "qata-cov19 Val"})
+    runner = TensorRTRunner.from_source(engines, precision="fp16", onnx_dir=folder)
+    assert runner.check_sample.label == "the export's check sample (qata-cov19 Val val_0.png)"
+    assert np.array_equal(runner.check_sample.samples[0].rgb, sample.rgb)
+    assert TensorRTRunner.from_source(engines, precision="fp16").check_sample is None  # the built-in one

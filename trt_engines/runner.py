@@ -213,7 +213,12 @@ class TensorRTRunner(Runner):
             raise LGAError(f"{folder}: its {precision} engines belong to different models; {REBUILD}")
         first = next(iter(artifacts.values()))
         config = manifest_config(first.manifest, folder, REBUILD)
-        return cls(config, folder, artifacts, precision, device=device, onnx_dir=onnx_dir)
+        runner = cls(config, folder, artifacts, precision, device=device, onnx_dir=onnx_dir)
+        if export is not None and precision in cls.self_checked:  # the export's own check sample, verified with it
+            from lga_export.runtime.self_check import export_check
+
+            runner.check_sample = export_check(export)
+        return runner
 
     @property
     def model_digest(self) -> str | None:
