@@ -67,6 +67,16 @@ def variants(config) -> dict[str, OpenVinoInt8Settings]:
         "ffms+scopes+attention+minmax": replace(NONE, exclude_scopes=(FFM_SCOPE, *scopes), weight_matmuls_only=True,
                                                 activation_ranges="MINMAX"),
         "product": ov_int8_settings(config),  # the family's scopes, attention, MIXED, MINMAX
+        "product+dynamic-scopes": replace(ov_int8_settings(config), exclude_scopes=(
+            *ov_int8_settings(config).exclude_scopes, *spec_of(config.family).dynamic_int8_fp32_scopes)),
+        **{f"product+{name}": replace(ov_int8_settings(config), exclude_scopes=(
+            *ov_int8_settings(config).exclude_scopes, rf"^model\.image_encoder\.layers\.[{stages}]\."))
+           for name, stages in (("stage0", "0"), ("stage3", "3"), ("stages0-2", "012"), ("stages1-3", "123"),
+                                ("stages0-3", "0123"))},  # TinyViT's stages
+        "product+dense-pe": replace(ov_int8_settings(config), exclude_scopes=(
+            *ov_int8_settings(config).exclude_scopes, r"^model\.dense_pe")),
+        "product+dense-pe+text-carry": replace(ov_int8_settings(config), exclude_scopes=(
+            *ov_int8_settings(config).exclude_scopes, r"^model\.dense_pe", r"^model\.text_carry\.")),
     }
 
 
