@@ -214,10 +214,8 @@ class TensorRTRunner(Runner):
         first = next(iter(artifacts.values()))
         config = manifest_config(first.manifest, folder, REBUILD)
         runner = cls(config, folder, artifacts, precision, device=device, onnx_dir=onnx_dir)
-        if export is not None and precision in cls.self_checked:  # the export's own check sample, verified with it
-            from lga_export.runtime.self_check import export_check
-
-            runner.check_sample = export_check(export)
+        if export is not None:  # the export's own check sample, verified with it
+            runner.take_check_sample(export)
         return runner
 
     @property

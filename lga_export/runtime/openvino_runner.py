@@ -156,7 +156,6 @@ class OpenVinoRunner(Runner):
         """An export folder (path or ExportArtifact), verified before anything is loaded. OpenVINO
         reads the FP32 graphs at fp32 and bf16 (BF16 is an inference hint), the INT8 IR at int8."""
         from lga_export.artifact import export_of
-        from lga_export.runtime.self_check import export_check
 
         artifact = export_of(source, model_digest, "OpenVINO")
         if not device.lower().startswith("cpu"):
@@ -179,8 +178,7 @@ class OpenVinoRunner(Runner):
                      **options)
         runner._model_digest = artifact.model_digest
         runner.reference_digests = {name: artifact.graph_digest(name, "fp32") for name in names}
-        if precision in cls.self_checked:
-            runner.check_sample = export_check(artifact)
+        runner.take_check_sample(artifact)
         return runner
 
     def self_check_identity(self) -> dict[str, Any] | None:

@@ -151,7 +151,6 @@ class OnnxRuntimeRunner(Runner):
                     **options: Any) -> "OnnxRuntimeRunner":
         """An export folder (path or ExportArtifact), verified before anything is loaded."""
         from lga_export.artifact import export_of
-        from lga_export.runtime.self_check import export_check
 
         artifact = export_of(source, model_digest, "ONNX Runtime")
         if precision == "int8" and artifact.int8_format not in (None, cls.int8_format):
@@ -168,8 +167,7 @@ class OnnxRuntimeRunner(Runner):
                      tokenizer_dir=artifact.tokenizer_dir, graph_digests=digests, **options)
         runner._model_digest = artifact.model_digest
         runner.reference_digests = {name: artifact.graph_digest(name, "fp32") for name in graphs}
-        if precision in cls.self_checked:
-            runner.check_sample = export_check(artifact)
+        runner.take_check_sample(artifact)
         return runner
 
     def self_check_identity(self) -> dict[str, Any] | None:
