@@ -271,6 +271,8 @@ def test_an_export_checks_itself_on_an_image_it_was_validated_on(default_model, 
     assert check.figure["samples"] == ["val_0.png"] and max(check.figure["reference_foreground"]) > 0
     key = runner._self_check_plan.key["check"]
     assert key["sha256"] == manifest["files"][CHECK_SAMPLE] and key["text"] == own[0].text
+    with open_runner("ort", folder, "fp16") as again:  # a cached verdict: the image is never read
+        assert again.self_check.cached and "samples" not in vars(again.check_sample)
 
     older = tmp_path / "older"  # an export written before check samples: the built-in one
     shutil.copytree(folder, older)

@@ -71,6 +71,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +145,16 @@ class Plan:
     looked_up: bool = False
     pending: bool = False  # the key could not be known before activation
 
-    @staticmethod
-    def sample(runner) -> CheckSample:
-        """The artefact's own check sample (`Runner.check_sample`), else the built-in one."""
-        return runner.check_sample or builtin_check()
+    builtin: CheckSample | None = None
+
+    def sample(self, runner) -> CheckSample:
+        """The artefact's own check sample (`Runner.check_sample`), else the built-in one (kept, so
+        the key and the check share one object and its pixels are built once)."""
+        if runner.check_sample is not None:
+            return runner.check_sample
+        if self.builtin is None:
+            self.builtin = builtin_check()
+        return self.builtin
 
     # -- the verdict's key and entry ------------------------------------------------------
 
@@ -256,19 +263,24 @@ def host_label(host: dict[str, Any], precision: str) -> str:
 @dataclass(frozen=True)
 class CheckSample:
     """What a self-check runs: `key` goes into every verdict's key (another sample, another
-    verdict), `label` into its lines and records."""
+    verdict), `label` into its lines and records. The pixels are read or built on first use, so
+    an open whose verdict is cached (the key alone) never touches them."""
 
     key: dict[str, Any]
-    samples: list
     label: str
+    load: Callable[[], list] = field(repr=False, compare=False)
+
+    @cached_property
+    def samples(self) -> list:
+        return self.load()
 
 
 def builtin_check() -> CheckSample:
     """The built-in synthetic sample, for artefacts that carry none of their own."""
     from lga_export.samples import synthetic_samples
 
-    samples = synthetic_samples(CHECK["count"], size=CHECK["size"], seed=CHECK["seed"])
-    return CheckSample(CHECK, samples, "the built-in check sample")
+    return CheckSample(CHECK, "the built-in check sample",
+                       lambda: synthetic_samples(CHECK["count"], size=CHECK["size"], seed=CHECK["seed"]))
 
 
 def export_check(artifact) -> CheckSample | None:
@@ -289,10 +301,10 @@ def export_check(artifact) -> CheckSample | None:
     digest = artifact.manifest.get("files", {}).get(entry["file"])
     if digest is None:
         raise LGAError(f"{where}: the check sample {entry['file']!r} has no sha256; {REEXPORT}")
-    sample = Sample(entry["name"], read_image(path), entry["text"], None)
     key = {"version": CHECK["version"], "sample": "the export's own", "source": entry["source"],
            "name": entry["name"], "text": entry["text"], "sha256": digest, "count": 1, "batch": CHECK["batch"]}
-    return CheckSample(key, [sample], f"the export's check sample ({entry['source']} {entry['name']})")
+    return CheckSample(key, f"the export's check sample ({entry['source']} {entry['name']})",
+                       lambda: [Sample(entry["name"], read_image(path), entry["text"], None)])
 
 
 def compute(runner, plan: Plan) -> SelfCheck:
