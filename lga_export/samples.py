@@ -76,10 +76,17 @@ def check_data_root(data_root: Path | None) -> None:
                        f"--data to use the built-in samples")
 
 
-def validation_samples(count: int, data_root: Path | None = None) -> tuple[list[Sample], str]:
-    """`count` samples and where they came from ('qata-cov19 Val' or 'built-in synthetic')."""
+def validation_set(count: int, data_root: Path | None = None) -> tuple[list[Sample], str, Path | None]:
+    """`count` samples, their kind ('qata-cov19 Val' or 'built-in synthetic samples') and the data
+    root they were read from (None for the built-in ones): a manifest records the kind, not the path."""
     check_data_root(data_root)
     root = data_root or default_data_root()
     if root is not None and (root / "qata-cov19" / "Val_Folder").is_dir():
-        return qata_samples(root, count), f"qata-cov19 Val ({root})"
-    return synthetic_samples(count), "built-in synthetic samples"
+        return qata_samples(root, count), "qata-cov19 Val", root
+    return synthetic_samples(count), "built-in synthetic samples", None
+
+
+def validation_samples(count: int, data_root: Path | None = None) -> tuple[list[Sample], str]:
+    """`count` samples and where they came from, for logs and reports ('qata-cov19 Val (ROOT)')."""
+    samples, kind, root = validation_set(count, data_root)
+    return samples, kind if root is None else f"{kind} ({root})"

@@ -23,7 +23,7 @@ from lga_export.modeling.graphs import graph_modules
 from lga_export.fileio import atomic_dir
 from lga_export.versions import library_versions
 from lga_export.modeling.text_encoder import load_tokenizer
-from lga_export.samples import check_data_root, validation_samples
+from lga_export.samples import check_data_root, validation_set
 
 
 def _trace_sizes(validation_batch: int) -> dict[str, int]:
@@ -95,9 +95,9 @@ def _write_check_sample(tmp: Path, data_root: Path | None) -> dict[str, str]:
     (runtime/self_check.py): a model trained on X-rays is checked on one of its X-rays."""
     from PIL import Image
 
-    samples, source = validation_samples(1, data_root)
+    samples, kind, _ = validation_set(1, data_root)
     Image.fromarray(samples[0].rgb).save(tmp / CHECK_SAMPLE)
-    return {"file": CHECK_SAMPLE, "name": samples[0].name, "text": samples[0].text, "source": source.split(" (")[0]}
+    return {"file": CHECK_SAMPLE, "name": samples[0].name, "text": samples[0].text, "source": kind}
 
 
 def _export_graphs(model, sizes: dict[str, int], opset: int, fp16: bool, tmp: Path,
