@@ -24,17 +24,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lga_export.artifact import open_export  # noqa: E402
+from ablation_inputs import ablation_inputs  # noqa: E402
+
 from lga_export.bench.timing import measure  # noqa: E402
-from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH  # noqa: E402
-from lga_export.errors import LGAError  # noqa: E402
-from lga_export.export.calibration import image_graph_feeds  # noqa: E402
+from lga_export.contract import IMAGE_GRAPH  # noqa: E402
 from lga_export.export.kept_nodes import kept_fp32_nodes  # noqa: E402
 from lga_export.export.quantize import QUANTIZED_OPS, quantize_dynamic_int8  # noqa: E402
 from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
-from lga_export.samples import validation_samples  # noqa: E402
 from lga_export.verify.parity import compare  # noqa: E402
 
 # variant -> (module-path patterns kept FP32, keep attention's activation products, per channel)
@@ -72,16 +70,11 @@ def main() -> int:
     if unknown or args.val < 1:
         parser.error(f"unknown variants {unknown} (choose from {list(VARIANTS)}), or --val below 1")
 
-    try:
-        art = open_export(args.export)
-    except LGAError as exc:
-        print(f"usage: {exc}", file=sys.stderr)
+    inputs = ablation_inputs(args.export, args.val, args.data)
+    if inputs is None:
         return 2
-    text_graph, fp32_image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
+    art, _, fp32_image_graph, names, source, feeds = inputs
     graph = onnx.load(str(fp32_image_graph), load_external_data=False)
-    samples, source = validation_samples(args.val, args.data)
-    names = [s.name for s in samples]
-    feeds = image_graph_feeds(art.config, text_graph, art.tokenizer_dir, [(s.rgb, s.text) for s in samples])
 
     def run_image_graph(graph_file: Path) -> tuple[np.ndarray, float]:
         """Mask logits of every feed and the median latency (ms) of the first, by ONNX Runtime."""

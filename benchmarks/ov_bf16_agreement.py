@@ -69,25 +69,17 @@ def main() -> int:
     import onnx
     import openvino as ov
 
-    from lga_export.artifact import open_export
+    from ablation_inputs import ablation_inputs
     from lga_export.bench.timing import measure
-    from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH
-    from lga_export.errors import LGAError
-    from lga_export.export.calibration import image_graph_feeds
     from lga_export.export.kept_nodes import node_scopes
     from lga_export.runtime.host import cpu_identity
     from lga_export.runtime.openvino_runner import with_batch
-    from lga_export.samples import validation_samples
     from lga_export.verify.metrics import mask_agreement
 
-    try:
-        art = open_export(args.onnx)
-    except LGAError as exc:
-        print(f"usage: {exc}", file=sys.stderr)
+    inputs = ablation_inputs(args.onnx, args.samples, args.data)
+    if inputs is None:
         return 2
-    text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
-    samples, where = validation_samples(args.samples, args.data)
-    feeds = image_graph_feeds(art.config, text_graph, art.tokenizer_dir, [(s.rgb, s.text) for s in samples])
+    art, _, image_graph, names, where, feeds = inputs
     scopes = node_scopes(onnx.load(str(image_graph), load_external_data=False))
     core = ov.Core()
     scratch = Path(tempfile.mkdtemp(prefix="lga-ov-bf16-"))
@@ -112,10 +104,10 @@ def main() -> int:
     reference, ms, _, layers = run("f32", None)
     model_name, flags = cpu_identity()
     report = {"export": str(args.onnx), "preset": art.config.preset, "samples": where,
-              "images": [s.name for s in samples], "cpu": model_name,
+              "images": names, "cpu": model_name,
               "bf16_flags": [f for f in flags if "bf16" in f], "openvino": ov.get_version().split("-")[0],
               "threads": args.threads, "fp32_ms": round(ms, 1), "runs": []}
-    print(f"{len(samples)} samples from {where}; ov fp32: image graph {ms:.1f} ms, layers {layers}", flush=True)
+    print(f"{len(names)} samples from {where}; ov fp32: image graph {ms:.1f} ms, layers {layers}", flush=True)
     for pattern in [None, *args.keep]:
         try:
             logits, ms, marked, layers = run("bf16", pattern)

@@ -25,20 +25,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lga_export.artifact import open_export  # noqa: E402
+from ablation_inputs import ablation_inputs  # noqa: E402
+
 from lga_export.bench.timing import measure  # noqa: E402
 from lga_export.config import get_preset  # noqa: E402
-from lga_export.export.calibration import calibration_set, image_graph_feeds  # noqa: E402
+from lga_export.export.calibration import calibration_set  # noqa: E402
 from lga_export.export.quantize_ov import OpenVinoInt8Settings, ov_int8_settings, quantize_openvino_int8  # noqa: E402
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH  # noqa: E402
-from lga_export.errors import LGAError  # noqa: E402
 from lga_export.verify.parity import compare  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
 from lga_export.runtime.openvino_runner import OpenVinoRunner  # noqa: E402
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
 from lga_export.family_specs import spec_of  # noqa: E402
 from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
-from lga_export.samples import validation_samples  # noqa: E402
 
 # NNCF's own defaults, nothing kept FP32; every variant changes that in the named ways.
 NONE = OpenVinoInt8Settings(preset="PERFORMANCE", activation_ranges=None, exclude_scopes=(), weight_matmuls_only=False)
@@ -103,17 +102,12 @@ def main() -> int:
     if unknown or args.calibration < 1 or args.val < 1:
         parser.error(f"unknown variants {unknown} (choose from {list(VARIANT_NAMES)}), or a count below 1")
 
-    try:
-        art = open_export(args.export)
-    except LGAError as exc:
-        print(f"usage: {exc}", file=sys.stderr)
+    inputs = ablation_inputs(args.export, args.val, args.data)
+    if inputs is None:
         return 2
+    art, text_graph, image_graph, names, source, feeds = inputs
     settings = variants(art.config)
-    text_graph, image_graph = art.graph(TEXT_GRAPH, "fp32"), art.graph(IMAGE_GRAPH, "fp32")
     calibration = calibration_set(art.config, text_graph, art.tokenizer_dir, args.calibration, args.data)
-    samples, source = validation_samples(args.val, args.data)
-    names = [s.name for s in samples]
-    feeds = image_graph_feeds(art.config, text_graph, art.tokenizer_dir, [(s.rgb, s.text) for s in samples])
     with OnnxRuntimeRunner(art.config, {IMAGE_GRAPH: image_graph}, threads=args.threads, cache_dir=False) as ort:
         reference = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
         ort_ms = median_latency(lambda: ort.infer(IMAGE_GRAPH, feeds[0])) * 1000
