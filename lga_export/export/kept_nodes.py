@@ -67,12 +67,23 @@ def kept_fp32_nodes(model, scopes: Iterable[str], attention_products: bool,
                                *nodes_matching(model, scopes, op_types)]))
 
 
+def graph_structure(source):
+    """The ONNX file `source` without its external weights: node names, ops and scopes only."""
+    import onnx
+
+    return onnx.load(str(source), load_external_data=False)
+
+
+def described_nodes(names: Iterable[str], scopes: dict[str, str]) -> list[str]:
+    """Node names as a manifest lists them, each with its module path ('node_MatMul_9
+    (model.image_encoder.layers.1.blocks.0.mlp.fc1/linear)'): a reader can tell what was kept FP32."""
+    return [f"{name} ({scopes.get(name, '')})" for name in names]
+
+
 def kept_fp32_nodes_in(source, scopes: Iterable[str], attention_products: bool,
                        op_types: Iterable[str] = STATIC_OPS) -> list[str]:
     """`kept_fp32_nodes` of the ONNX file `source` (not read when there is nothing to keep)."""
     scopes = list(scopes)
     if not scopes and not attention_products:
         return []
-    import onnx
-
-    return kept_fp32_nodes(onnx.load(str(source), load_external_data=False), scopes, attention_products, op_types)
+    return kept_fp32_nodes(graph_structure(source), scopes, attention_products, op_types)

@@ -47,7 +47,8 @@ import numpy as np
 
 from lga_export.errors import LGAError
 from lga_export.export.calibration import CALIBRATION_SAMPLES, CalibrationSet, calibration_set
-from lga_export.export.kept_nodes import STATIC_OPS, kept_fp32_nodes, kept_fp32_nodes_in, node_scopes
+from lga_export.export.kept_nodes import (STATIC_OPS, described_nodes, graph_structure, kept_fp32_nodes,
+                                         kept_fp32_nodes_in, node_scopes)
 from lga_export.export.quantize_ov import quantize_ov_int8
 from lga_export.family_specs import spec_of
 
@@ -94,12 +95,14 @@ def quantize_dynamic_int8(source: Path, target: Path, *, exclude_nodes: Iterable
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     excluded = list(exclude_nodes)
+    scopes = node_scopes(graph_structure(source)) if excluded else {}
     with _quiet_root_logger():
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
                          per_channel=per_channel, reduce_range=False, nodes_to_exclude=excluded)
     return {"method": "dynamic", "tool": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": "QInt8", "activations": "QUInt8, dynamic", "op_types": list(QUANTIZED_OPS),
-            "per_channel": per_channel, "calibration": None, "excluded_nodes": excluded, "text_graph": "fp32"}
+            "per_channel": per_channel, "calibration": None, "excluded_nodes": described_nodes(excluded, scopes),
+            "text_graph": "fp32"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,12 +161,11 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet
     """Write the QDQ INT8 graph `target` (one file) from the FP32 graph `source`, calibrated on
     `calibration`; return the manifest's `int8` entry. `cache`: a JSON calibration-range cache
     (reused when it exists: ablations calibrate once)."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not calibration.feeds:
         raise LGAError("static INT8 needs at least one calibration image")
-    model = onnx.load(str(source), load_external_data=False)
+    model = graph_structure(source)
     excluded = list(dict.fromkeys([*kept_fp32_nodes(model, settings.exclude_scopes, settings.weight_matmuls_only,
                                                     settings.op_types), *exclude_nodes]))
     scopes = node_scopes(model)
@@ -188,7 +190,7 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationSet
             "op_types": list(settings.op_types), "weight_matmuls_only": settings.weight_matmuls_only,
             "calibration": calibration.to_dict(), "seconds": round(seconds, 1),
             "excluded_scopes": dict(settings.exclude_scopes),
-            "excluded_nodes": [f"{name} ({scopes.get(name, '')})" for name in excluded],
+            "excluded_nodes": described_nodes(excluded, scopes),
             "text_graph": "fp32"}
 
 
