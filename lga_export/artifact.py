@@ -249,10 +249,11 @@ def engine_manifest_path(folder: Path, graph: str, precision: str) -> Path:
 
 @dataclass(frozen=True)
 class EngineArtifact:
-    """A verified TensorRT engine: its manifest and engine file."""
+    """A verified TensorRT engine: its manifest, engine file and engine folder."""
 
     manifest: dict[str, Any]
     engine: Path
+    folder: Path
 
 
 def open_engine(folder: str | Path, graph: str, precision: str, model_digest: str | None = None) -> EngineArtifact:
@@ -267,4 +268,4 @@ def open_engine(folder: str | Path, graph: str, precision: str, model_digest: st
         raise LGAError(f"{path}: format {manifest.get('format')!r}, this lga-export reads {ENGINE_FORMAT}; {REBUILD}")
     verify_files(folder, manifest.get("files"), path, REBUILD)
     check_model(manifest.get("model_digest"), model_digest, path, "build engines from this model's export")
-    return EngineArtifact(manifest, inside(folder, manifest.get("engine"), path, REBUILD))
+    return EngineArtifact(manifest, inside(folder, manifest.get("engine"), path, REBUILD), folder)

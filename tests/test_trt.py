@@ -820,21 +820,52 @@ def test_runner_uses_its_own_stream(tiny_engines) -> None:
         assert runner.describe()["gpu_name"] == torch.cuda.get_device_name()
 
 
-def test_engines_opened_with_their_export_check_themselves_on_its_sample(built) -> None:
-    """With --onnx, the self-check runs the export's own check sample (verified with the export);
-    an engine folder on its own falls back to the built-in one."""
+def _export_with_check_sample(tmp_path: Path, seed: int, name: str = "onnx") -> tuple[Path, np.ndarray]:
+    """An export folder (FP32 + FP16) carrying a check sample, as lga-export onnx writes one."""
     from PIL import Image
 
     from lga_export.artifact import CHECK_SAMPLE
     from lga_export.samples import synthetic_samples
 
-    folder, engines = built
-    sample = synthetic_samples(1, seed=9)[0]
+    folder = _export_dir(tmp_path, ("fp32", "fp16"), name=name)
+    sample = synthetic_samples(1, seed=seed)[0]
     Image.fromarray(sample.rgb).save(folder / CHECK_SAMPLE)
     _write_export_manifest(folder, ("fp32", "fp16"))
     _rewrite(folder / MANIFEST, check_sample={"file": CHECK_SAMPLE, "name": "val_0.png", "text": sample.text,
                                               "source": "qata-cov19 Val"})
-    runner = TensorRTRunner.from_source(engines, precision="fp16", onnx_dir=folder)
-    assert runner.check_sample.label == "the export's check sample (qata-cov19 Val val_0.png)"
-    assert np.array_equal(runner.check_sample.samples[0].rgb, sample.rgb)
-    assert TensorRTRunner.from_source(engines, precision="fp16").check_sample is None  # the built-in one
+    return folder, sample.rgb
+
+
+def test_engines_check_themselves_on_the_sample_of_the_export_they_were_built_from(tmp_path, fake_tensorrt) -> None:
+    """The build copies the export's check sample into the engine folder (sha256 in every engine
+    manifest), so an engine folder on its own self-checks on it, and a changed copy is refused;
+    with --onnx the export's own file is used. A build from an export with another sample into
+    the same folder is refused without --force."""
+    from lga_export.artifact import CHECK_SAMPLE
+
+    folder, rgb = _export_with_check_sample(tmp_path, seed=9)
+    other, _ = _export_with_check_sample(tmp_path, seed=10, name="other")
+    engines = tmp_path / "engines"
+    build.build_engines(folder, engines, fp16=False)
+    with pytest.raises(LGAError, match="another check sample") as info:
+        build.build_engines(other, engines, fp16=True)
+    assert "\n" not in str(info.value) and "--force" in str(info.value)
+    build.build_engines(folder, engines, fp16=True)
+    digest = json.loads((folder / MANIFEST).read_text())["files"][CHECK_SAMPLE]
+    for precision in ("fp32", "fp16"):
+        for graph in (TEXT_GRAPH, IMAGE_GRAPH):
+            manifest = verified_engine(engines, graph, precision).manifest
+            assert manifest["files"][CHECK_SAMPLE] == digest and manifest["check_sample"]["name"] == "val_0.png"
+    for onnx_dir in (None, folder):
+        runner = TensorRTRunner.from_source(engines, precision="fp16", onnx_dir=onnx_dir)
+        assert runner.check_sample.label == "the export's check sample (qata-cov19 Val val_0.png)"
+        assert np.array_equal(runner.check_sample.samples[0].rgb, rgb)
+
+    (engines / CHECK_SAMPLE).write_bytes(b"not the sample")
+    with pytest.raises(LGAError, match=CHECK_SAMPLE):
+        TensorRTRunner.from_source(engines, precision="fp16")
+
+
+def test_engines_of_an_export_without_a_check_sample_use_the_built_in_one(built) -> None:
+    _, engines = built
+    assert TensorRTRunner.from_source(engines, precision="fp16").check_sample is None

@@ -5,8 +5,9 @@ Networks are strongly typed: FP32 engines come from the FP32 graphs, FP16 engine
 FP16 graphs, so the precision lives in the ONNX (TensorRT 11 has no BuilderFlag.FP16).
 The export is opened with `lga_export.artifact.open_export` (every file's sha256, the model
 digest) before minutes are spent on a build. The engine folder runs on its own: the export's
-tokenizer is copied into it (once, atomically), and each engine's manifest lists the sha256
-of the engine, its layer reports and the tokenizer files. Every file is written atomically
+tokenizer and self-check sample are copied into it (once, atomically, verified), and each
+engine's manifest lists the sha256 of the engine, its layer reports, the tokenizer files and
+the check sample. Every file is written atomically
 and the manifest last, so an interrupted build leaves nothing that loads as an engine.
 """
 
@@ -25,7 +26,7 @@ from lga_export import __version__
 from lga_export.artifact import ENGINE_FORMAT, TOKENIZER_DIR, ExportArtifact, file_digests, open_export
 from lga_export.errors import LGAError
 from lga_export.contract import GraphSpec, graph_specs
-from lga_export.fileio import atomic_dir, atomic_file, refuse_overwrite
+from lga_export.fileio import atomic_dir, atomic_file, refuse_overwrite, sha256_file
 from lga_export.trt_engines.manifest import EngineFiles, source_record
 from lga_export.trt_engines.profiles import Profile, ProfileBounds, engine_profile, profile_to_json
 
@@ -101,7 +102,7 @@ def engine_manifest(spec: GraphSpec, precision: str, profile: Profile, bounds: P
     """Everything needed to verify this engine and decide later whether it may be loaded.
 
     `files`: relative path -> sha256 of every file of the engine (engine, layer reports,
-    tokenizer files); `source`: `manifest.source_record()` of the ONNX it was built from.
+    tokenizer files, the export's check sample); `source`: `manifest.source_record()` of the ONNX it was built from.
     """
     return {
         "format": ENGINE_FORMAT, "graph": spec.name, "precision": precision, "engine": engine_file,
@@ -109,10 +110,52 @@ def engine_manifest(spec: GraphSpec, precision: str, profile: Profile, bounds: P
         "config": export_manifest["config"], "environment": environment,
         "profile": profile_to_json(profile), "bounds": bounds.as_dict(), "strongly_typed": True,
         "source": source, "tokenizer": TOKENIZER_DIR,
+        **({"check_sample": export_manifest["check_sample"]} if export_manifest.get("check_sample") else {}),
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 2), "lga_export_version": __version__,
         "layer_precisions": counts, "input_names": spec.input_names, "output_names": spec.output_names,
     }
+
+
+def _check_sample_digest(export: ExportArtifact) -> dict[str, str]:
+    """The export's check sample as its (verified) manifest lists it: {file: sha256}, or {} for an
+    export without one (the engines then self-check on the built-in sample)."""
+    from lga_export.runtime.self_check import export_check
+
+    if export_check(export) is None:  # also refuses a malformed check_sample entry
+        return {}
+    name = export.manifest["check_sample"]["file"]
+    return {name: export.manifest["files"][name]}
+
+
+def check_check_sample(export: ExportArtifact, out_dir: Path, force: bool) -> bool:
+    """True when the export's check sample must be copied into the engine folder; the tokenizer's
+    rule: an identical copy is kept, a different one is refused without `force`."""
+    wanted = _check_sample_digest(export)
+    if not wanted:
+        return False
+    [(name, digest)] = wanted.items()
+    target = out_dir / name
+    if target.is_file() and sha256_file(target) == digest:
+        return False
+    if target.exists() and not force:
+        raise LGAError(f"{target} is another check sample than {export.folder}'s; pass --force to replace it "
+                       f"(engines built with the old one are then refused until rebuilt), or give another --out")
+    return True
+
+
+def copy_check_sample(export: ExportArtifact, out_dir: Path, force: bool) -> dict[str, str]:
+    """Copy the export's check sample into the engine folder atomically, verified against the export's
+    sha256; return {file: sha256} for the engine manifests."""
+    import shutil
+
+    wanted = _check_sample_digest(export)
+    [(name, digest)] = wanted.items()
+    with atomic_file(out_dir / name, force=force) as tmp:
+        shutil.copyfile(export.folder / name, tmp)
+        if sha256_file(tmp) != digest:
+            raise LGAError(f"{export.folder / name} changed while it was copied; run lga-export trt again")
+    return wanted
 
 
 def _tokenizer_digests(export: ExportArtifact) -> dict[str, str]:
@@ -202,11 +245,14 @@ def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = F
         for path in EngineFiles(out_dir, spec.name, precision).all():
             refuse_overwrite(path, force)
     copy_needed = check_tokenizer(export, out_dir, force)
+    sample_copy_needed = check_check_sample(export, out_dir, force)
     environment = current_environment()
     if timing_cache is not None:  # Polygraphy locks and writes it after the first build
         Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = copy_tokenizer(export, out_dir, force) if copy_needed else _tokenizer_digests(export)
+    check_sample = (copy_check_sample(export, out_dir, force) if sample_copy_needed
+                    else _check_sample_digest(export))
 
     built = []
     for spec in specs:
@@ -220,7 +266,7 @@ def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = F
         layers_json = json.dumps(rows, indent=2) + "\n"
         layers_md = layers.summary_markdown(f"{spec.name} {precision} engine: layers per precision", rows)
         digests = {files.engine.name: _sha256(engine_bytes), files.layers_json.name: _sha256(layers_json.encode()),
-                   files.layers_md.name: _sha256(layers_md.encode()), **tokenizer}
+                   files.layers_md.name: _sha256(layers_md.encode()), **tokenizer, **check_sample}
         manifest = engine_manifest(spec, precision, profile, bounds, environment,
                                    records[spec.name], export.manifest, digests,
                                    files.engine.name, seconds, counts)

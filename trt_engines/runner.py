@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lga_export.artifact import REBUILD, TOKENIZER_DIR, EngineArtifact, manifest_config
+from lga_export.artifact import REBUILD, TOKENIZER_DIR, EngineArtifact, engine_manifest_path, manifest_config
 from lga_export.config import LGAConfig
 from lga_export.errors import LGAError
 from lga_export.contract import GRAPHS
@@ -216,6 +216,9 @@ class TensorRTRunner(Runner):
         runner = cls(config, folder, artifacts, precision, device=device, onnx_dir=onnx_dir)
         if export is not None:  # the export's own check sample, verified with it
             runner.take_check_sample(export)
+        else:  # the copy the engine folder carries, verified with the engine
+            runner.take_check_sample(first, engine_manifest_path(folder, first.manifest["graph"], precision).name,
+                                     REBUILD)
         return runner
 
     @property
@@ -229,7 +232,6 @@ class TensorRTRunner(Runner):
 
         import torch
 
-        from lga_export.artifact import engine_manifest_path
         from lga_export.trt_engines._trt import current_environment
 
         index = torch.device(self.device_name).index

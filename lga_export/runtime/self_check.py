@@ -283,9 +283,11 @@ def builtin_check() -> CheckSample:
                        lambda: synthetic_samples(CHECK["count"], size=CHECK["size"], seed=CHECK["seed"]))
 
 
-def export_check(artifact) -> CheckSample | None:
+def export_check(artifact, manifest_name: str | None = None, fix: str | None = None) -> CheckSample | None:
     """The export's own check sample (an image it was validated on, its file verified against the
-    manifest's sha256 when the export was opened), or None for an export that carries none."""
+    manifest's sha256 when the export was opened), or None for an export that carries none.
+    `artifact` may be an engine (artifact.EngineArtifact) that carries its export's sample: then
+    `manifest_name` names its manifest file and `fix` says how to rebuild it."""
     from lga_export.artifact import MANIFEST, REEXPORT, inside
     from lga_export.imageio import read_image
     from lga_export.samples import Sample
@@ -293,14 +295,14 @@ def export_check(artifact) -> CheckSample | None:
     entry = artifact.manifest.get("check_sample")
     if entry is None:
         return None
-    where = artifact.folder / MANIFEST
+    where, fix = artifact.folder / (manifest_name or MANIFEST), fix or REEXPORT
     fields = ("file", "name", "text", "source")
     if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) and entry.get(f) for f in fields):
-        raise LGAError(f"{where}: check_sample needs {', '.join(fields)} as strings; {REEXPORT}")
-    path = inside(artifact.folder, entry["file"], where, REEXPORT)
+        raise LGAError(f"{where}: check_sample needs {', '.join(fields)} as strings; {fix}")
+    path = inside(artifact.folder, entry["file"], where, fix)
     digest = artifact.manifest.get("files", {}).get(entry["file"])
     if digest is None:
-        raise LGAError(f"{where}: the check sample {entry['file']!r} has no sha256; {REEXPORT}")
+        raise LGAError(f"{where}: the check sample {entry['file']!r} has no sha256; {fix}")
     key = {"version": CHECK["version"], "sample": "the export's own", "source": entry["source"],
            "name": entry["name"], "text": entry["text"], "sha256": digest, "count": 1, "batch": CHECK["batch"]}
     return CheckSample(key, f"the export's check sample ({entry['source']} {entry['name']})",
