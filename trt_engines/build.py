@@ -120,7 +120,7 @@ def engine_manifest(spec: GraphSpec, precision: str, profile: Profile, bounds: P
 def _check_sample_digest(export: ExportArtifact) -> dict[str, str]:
     """The export's check sample as its (verified) manifest lists it: {file: sha256}, or {} for an
     export without one (the engines then self-check on the built-in sample)."""
-    from lga_export.runtime.self_check import export_check
+    from lga_export.runtime.check_sample import export_check
 
     if export_check(export) is None:  # also refuses a malformed check_sample entry
         return {}

@@ -136,13 +136,13 @@ class Runner(abc.ABC):
         self.self_check: Any = None  # self_check.SelfCheck once checked (or skipped); None: not checked
         self.requested_precision: str | None = None  # set on the FP32 runner a failed self-check fell back to
         self._self_check_plan: Any = None  # attached by the factory (self_check.attach)
-        self.check_sample: Any = None  # the artefact's own self-check sample (self_check.CheckSample); None: built-in
+        self.check_sample: Any = None  # the artefact's own self-check sample (check_sample.CheckSample); None: built-in
 
     def take_check_sample(self, artifact, manifest_name: str | None = None, fix: str | None = None) -> None:
         """Self-check on `artifact`'s own sample (a verified export, or an engine that carries its
         export's) when this precision checks itself; see self_check.export_check."""
         if self.precision in self.self_checked:
-            from lga_export.runtime.self_check import export_check
+            from lga_export.runtime.check_sample import export_check
 
             self.check_sample = export_check(artifact, manifest_name, fix)
 

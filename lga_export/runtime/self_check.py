@@ -11,7 +11,7 @@ the precision's tolerance (`contract.tolerance`: worst mask Dice agreement, neve
 batch 1. The sample is the export's own (`check_sample.png` and its report, the first image it was
 validated on, written by `lga-export onnx` and listed with its sha256 in the verified manifest), so
 an X-ray model is checked on an X-ray; an export without one (older, or an engine folder) uses the
-built-in sample (`CHECK`: one synthetic chest X-ray with a QaTa-style report), which is out of
+built-in sample (`check_sample.CHECK`: one synthetic chest X-ray with a QaTa-style report), which is out of
 distribution for a model trained on real X-rays (lite's INT8 agreed 0.9575 on it, 0.9952 on eight
 QaTa Val images).
 
@@ -71,17 +71,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from lga_export.errors import LGAError, ValidationFailed
 from lga_export.runtime import compile_cache
+from lga_export.runtime.check_sample import CheckSample, builtin_check
 from lga_export.runtime.host import touch_cache_entry
 
 MODES = ("refuse", "fallback", "record", "off")
 # The check itself (part of every key: another sample or batch is another verdict).
-CHECK = {"version": 1, "sample": "built-in synthetic", "count": 1, "size": 224, "seed": 0, "batch": 1}
 VERDICT = "verdict.json"
 PREFIX = "self-check."
 # SIMD flags that decide how a precision runs, named in the verdict's one line.
@@ -258,55 +257,6 @@ def host_label(host: dict[str, Any], precision: str) -> str:
     flags = [f for f in relevant if f in host.get("cpu_flags", [])]
     shown = ", ".join(flags) if flags else f"no {'/'.join(relevant) or 'relevant'} flag"
     return f"{host.get('cpu') or 'this CPU'} ({shown})"
-
-
-@dataclass(frozen=True)
-class CheckSample:
-    """What a self-check runs: `key` goes into every verdict's key (another sample, another
-    verdict), `label` into its lines and records. The pixels are read or built on first use, so
-    an open whose verdict is cached (the key alone) never touches them."""
-
-    key: dict[str, Any]
-    label: str
-    load: Callable[[], list] = field(repr=False, compare=False)
-
-    @cached_property
-    def samples(self) -> list:
-        return self.load()
-
-
-def builtin_check() -> CheckSample:
-    """The built-in synthetic sample, for artefacts that carry none of their own."""
-    from lga_export.samples import synthetic_samples
-
-    return CheckSample(CHECK, "the built-in check sample",
-                       lambda: synthetic_samples(CHECK["count"], size=CHECK["size"], seed=CHECK["seed"]))
-
-
-def export_check(artifact, manifest_name: str | None = None, fix: str | None = None) -> CheckSample | None:
-    """The export's own check sample (an image it was validated on, its file verified against the
-    manifest's sha256 when the export was opened), or None for an export that carries none.
-    `artifact` may be an engine (artifact.EngineArtifact) that carries its export's sample: then
-    `manifest_name` names its manifest file and `fix` says how to rebuild it."""
-    from lga_export.artifact import MANIFEST, REEXPORT, inside
-    from lga_export.imageio import read_image
-    from lga_export.samples import Sample
-
-    entry = artifact.manifest.get("check_sample")
-    if entry is None:
-        return None
-    where, fix = artifact.folder / (manifest_name or MANIFEST), fix or REEXPORT
-    fields = ("file", "name", "text", "source")
-    if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) and entry.get(f) for f in fields):
-        raise LGAError(f"{where}: check_sample needs {', '.join(fields)} as strings; {fix}")
-    path = inside(artifact.folder, entry["file"], where, fix)
-    digest = artifact.manifest.get("files", {}).get(entry["file"])
-    if digest is None:
-        raise LGAError(f"{where}: the check sample {entry['file']!r} has no sha256; {fix}")
-    key = {"version": CHECK["version"], "sample": "the export's own", "source": entry["source"],
-           "name": entry["name"], "text": entry["text"], "sha256": digest, "count": 1, "batch": CHECK["batch"]}
-    return CheckSample(key, f"the export's check sample ({entry['source']} {entry['name']})",
-                       lambda: [Sample(entry["name"], read_image(path), entry["text"], None)])
 
 
 def compute(runner, plan: Plan) -> SelfCheck:
