@@ -128,10 +128,10 @@ def _check_sample_digest(export: ExportArtifact) -> dict[str, str]:
     return {name: export.manifest["files"][name]}
 
 
-def check_check_sample(export: ExportArtifact, out_dir: Path, force: bool) -> bool:
-    """True when the export's check sample must be copied into the engine folder; the tokenizer's
-    rule: an identical copy is kept, a different one is refused without `force`."""
-    wanted = _check_sample_digest(export)
+def check_check_sample(export: ExportArtifact, wanted: dict[str, str], out_dir: Path, force: bool) -> bool:
+    """True when the export's check sample (`wanted`: `_check_sample_digest`) must be copied into the
+    engine folder; the tokenizer's rule: an identical copy is kept, a different one is refused
+    without `force`."""
     if not wanted:
         return False
     [(name, digest)] = wanted.items()
@@ -144,18 +144,16 @@ def check_check_sample(export: ExportArtifact, out_dir: Path, force: bool) -> bo
     return True
 
 
-def copy_check_sample(export: ExportArtifact, out_dir: Path, force: bool) -> dict[str, str]:
-    """Copy the export's check sample into the engine folder atomically, verified against the export's
-    sha256; return {file: sha256} for the engine manifests."""
+def copy_check_sample(export: ExportArtifact, wanted: dict[str, str], out_dir: Path, force: bool) -> None:
+    """Copy the export's check sample (`wanted`: {file: sha256}) into the engine folder atomically,
+    verified against the export's sha256."""
     import shutil
 
-    wanted = _check_sample_digest(export)
     [(name, digest)] = wanted.items()
     with atomic_file(out_dir / name, force=force) as tmp:
         shutil.copyfile(export.folder / name, tmp)
         if sha256_file(tmp) != digest:
             raise LGAError(f"{export.folder / name} changed while it was copied; run lga-export trt again")
-    return wanted
 
 
 def _tokenizer_digests(export: ExportArtifact) -> dict[str, str]:
@@ -245,14 +243,15 @@ def build_engines(onnx_dir: Path, out_dir: Path | None = None, *, fp16: bool = F
         for path in EngineFiles(out_dir, spec.name, precision).all():
             refuse_overwrite(path, force)
     copy_needed = check_tokenizer(export, out_dir, force)
-    sample_copy_needed = check_check_sample(export, out_dir, force)
+    check_sample = _check_sample_digest(export)
+    sample_copy_needed = check_check_sample(export, check_sample, out_dir, force)
     environment = current_environment()
     if timing_cache is not None:  # Polygraphy locks and writes it after the first build
         Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = copy_tokenizer(export, out_dir, force) if copy_needed else _tokenizer_digests(export)
-    check_sample = (copy_check_sample(export, out_dir, force) if sample_copy_needed
-                    else _check_sample_digest(export))
+    if sample_copy_needed:
+        copy_check_sample(export, check_sample, out_dir, force)
 
     built = []
     for spec in specs:
