@@ -70,8 +70,8 @@ def variants(config) -> dict[str, OpenVinoInt8Settings]:
             *ov_int8_settings(config).exclude_scopes, *spec_of(config.family).dynamic_int8_fp32_scopes)),
         **{f"product+{name}": replace(ov_int8_settings(config), exclude_scopes=(
             *ov_int8_settings(config).exclude_scopes, rf"^model\.image_encoder\.layers\.[{stages}]\."))
-           for name, stages in (("stage0", "0"), ("stage3", "3"), ("stages0-2", "012"), ("stages1-3", "123"),
-                                ("stages0-3", "0123"))},  # TinyViT's stages
+           for name, stages in (("stage0", "0"), ("stage3", "3"), ("stages0-1", "01"), ("stages0-2", "012"),
+                                ("stages0+3", "03"), ("stages0-1+3", "013"), ("stages1-3", "123"), ("stages0-3", "0123"))},  # TinyViT's stages
         "product+dense-pe": replace(ov_int8_settings(config), exclude_scopes=(
             *ov_int8_settings(config).exclude_scopes, r"^model\.dense_pe")),
         "product+dense-pe+text-carry": replace(ov_int8_settings(config), exclude_scopes=(
@@ -111,12 +111,15 @@ def main() -> int:
     with OnnxRuntimeRunner(art.config, {IMAGE_GRAPH: image_graph}, threads=args.threads, cache_dir=False) as ort:
         reference = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
         ort_ms = median_latency(lambda: ort.infer(IMAGE_GRAPH, feeds[0])) * 1000
+    with OpenVinoRunner(art.config, {TEXT_GRAPH: text_graph, IMAGE_GRAPH: image_graph}, "fp32", threads=args.threads,
+                        tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ov_fp32:
+        ov_fp32_ms = median_latency(lambda: ov_fp32.infer(IMAGE_GRAPH, feeds[0])) * 1000
     model, flags = cpu_identity()
     report = {"export": str(args.export), "preset": art.config.preset, "cpu": model, "threads": args.threads,
               "vnni": [f for f in flags if "vnni" in f or "amx_int8" in f],
               "calibration": calibration.to_dict(), "validation": {"source": source, "images": names},
-              "ort_fp32_ms": round(ort_ms, 1), "variants": {}}
-    print(f"{art.config.preset}: ORT FP32 image graph {ort_ms:.0f} ms; {len(calibration.feeds)} calibration, "
+              "ort_fp32_ms": round(ort_ms, 1), "ov_fp32_ms": round(ov_fp32_ms, 1), "variants": {}}
+    print(f"{art.config.preset}: ORT FP32 image graph {ort_ms:.0f} ms, OpenVINO FP32 {ov_fp32_ms:.0f} ms; {len(calibration.feeds)} calibration, "
           f"{len(names)} validation images; {model}", flush=True)
     for name in chosen:
         with tempfile.TemporaryDirectory(prefix="lga-ov-int8-") as scratch:
@@ -128,10 +131,10 @@ def main() -> int:
                 ms = median_latency(lambda: ov.infer(IMAGE_GRAPH, feeds[0])) * 1000
         parity = compare(reference, output, names, masks=True)
         row = {"settings": vars(settings[name]), "quantize_s": done["seconds"], "excluded_nodes": len(done["excluded_nodes"]),
-               "ms": round(ms, 1), "vs_ort_fp32": round(ms / ort_ms, 3), "worst": round(parity.dice_worst, 4),
+               "ms": round(ms, 1), "vs_ort_fp32": round(ms / ort_ms, 3), "vs_ov_fp32": round(ms / ov_fp32_ms, 3), "worst": round(parity.dice_worst, 4),
                "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4)}
         report["variants"][name] = row
-        print(f"  {name:30s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32; agreement worst {parity.dice_worst:.4f} "
+        print(f"  {name:30s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32, {ms / ov_fp32_ms:.3f}x OV FP32; agreement worst {parity.dice_worst:.4f} "
               f"mean {parity.dice_mean:.4f}; {len(done['excluded_nodes'])} nodes FP32; NNCF {done['seconds']:.0f} s",
               flush=True)
     if args.out:

@@ -31,6 +31,38 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LGA_EXPORT_CACHE", str(tmp_path / "cache"))
 
 
+def test_ov_int8_keeps_the_declared_scopes_fp32_bias_and_all(ov_export):
+    """OpenVINO splits a Conv/ConvTranspose/Gemm with a bias into the weighted op (renamed) and an
+    Add that keeps the ONNX name; NNCF's ignored scope must name the weighted op, or the patch
+    embedding and the decoder's upscaling end up INT8 although the manifest says FP32."""
+    import openvino as ov
+
+    from lga_export.export.quantize_ov import openvino_names
+
+    out, manifest = ov_export
+    core = ov.Core()
+    onnx_names = [entry.split(" (")[0] for entry in manifest["int8"]["excluded_nodes"]]
+    assert any("patch_embed" in entry for entry in manifest["int8"]["excluded_nodes"])
+    kept = manifest["int8"]["excluded_openvino_ops"]  # names in the IR (OpenVINO numbers generated ones per read)
+    assert len(openvino_names(core.read_model(str(out / "lga_image.onnx")), onnx_names)) == len(kept)
+    assert any(name.endswith("/WithoutBiases") for name in kept)  # a biased op, found by its renamed weighted op
+
+    def quantized_inputs(op) -> bool:
+        """Whether a FakeQuantize feeds `op`, directly or through a Convert/Reshape/Transpose."""
+        sources = [i.get_source_output().get_node() for i in op.inputs()]
+        while sources:
+            node = sources.pop()
+            if node.get_type_name() == "FakeQuantize":
+                return True
+            if node.get_type_name() in ("Convert", "Reshape", "Transpose"):
+                sources += [i.get_source_output().get_node() for i in node.inputs()]
+        return False
+
+    int8_ops = {op.get_friendly_name(): op for op in core.read_model(str(out / "lga_image.int8.xml")).get_ops()}
+    assert {int8_ops[name].get_type_name() for name in kept} >= {"Convolution", "ConvolutionBackpropData", "MatMul"}
+    assert not [name for name in kept if quantized_inputs(int8_ops[name])]
+    assert any(quantized_inputs(op) for op in int8_ops.values())  # and the rest is INT8
+
 def test_ov_int8_export_lists_the_ir_and_passes_validation(ov_export, data_root):
     out, manifest = ov_export
     entry = manifest["graphs"][IMAGE_GRAPH]["int8"]

@@ -10,6 +10,7 @@ import re
 from typing import Iterable
 
 STATIC_OPS = ("MatMul", "Gemm", "Conv")
+WEIGHTED_OPS = (*STATIC_OPS, "ConvTranspose")  # what NNCF quantises (SAM's decoder upscales with ConvTranspose)
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
