@@ -1,0 +1,103 @@
+"""Which scopes ONNX Runtime's static INT8 (`lga-export onnx --int8 static`) should keep FP32:
+quantise an export's FP32 image graph with the product's quantiser once per variant (the family's
+scopes, plus the FFMs and/or TinyViT stages) and compare each graph's masks with ONNX Runtime FP32.
+
+    python benchmarks/int8_static_ablation.py EXPORT_DIR --data DATA_ROOT [--calibration 32] [--val 8]
+           [--variants product,without-stages,...] [--out OUT.json]
+
+Agreement: per-sample mask Dice of the image graph's logits (> 0) against ONNX Runtime FP32 on the
+first --val QaTa Val images. Latency: image graph, batch 1, median of 3 after one warm-up. The
+stage variants name TinyViT's `layers.N` (lite); on SAM-ViT they match nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ablation_inputs import ablation_inputs  # noqa: E402
+
+from lga_export.bench.timing import measure  # noqa: E402
+from lga_export.contract import IMAGE_GRAPH  # noqa: E402
+from lga_export.export.calibration import calibration_set  # noqa: E402
+from lga_export.export.quantize import StaticSettings, quantize_static_int8, static_settings  # noqa: E402
+from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
+from lga_export.runtime.host import cpu_identity  # noqa: E402
+from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
+from lga_export.verify.parity import compare  # noqa: E402
+
+STAGES = r"^model\.image_encoder\.layers\.[{}]\."
+NAMES = ("product", "without-stages", "+ffms", "+stages0-2", "+ffms+stages0-2", "+all-stages")
+
+
+def variants(product: StaticSettings) -> dict[str, StaticSettings]:
+    """The family's static settings ('product'); the same without any encoder stage kept FP32
+    ('without-stages', lite's product before 2026-12-03), and that with more scopes kept FP32."""
+    base = replace(product, exclude_scopes={k: v for k, v in product.exclude_scopes.items()
+                                            if not k.startswith(r"^model\.image_encoder\.layers")})
+
+    def plus(*scopes: str) -> StaticSettings:
+        return replace(base, exclude_scopes={**base.exclude_scopes, **{s: "ablation" for s in scopes}})
+
+    return dict(zip(NAMES, (product, base, plus(FFM_SCOPE), plus(STAGES.format("012")),
+                            plus(FFM_SCOPE, STAGES.format("012")), plus(STAGES.format("0123")))))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("export", type=Path)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--calibration", type=int, default=32)
+    parser.add_argument("--val", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(NAMES))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if [v for v in chosen if v not in NAMES] or args.calibration < 1 or args.val < 1:
+        parser.error(f"variants must be among {list(NAMES)} and counts at least 1")
+    inputs = ablation_inputs(args.export, args.val, args.data)
+    if inputs is None:
+        return 2
+    art, text_graph, image_graph, names, source, feeds = inputs
+    calibration = calibration_set(art.config, text_graph, art.tokenizer_dir, args.calibration, args.data)
+    settings = variants(static_settings(art.config))
+
+    def run(graph: Path) -> tuple[np.ndarray, float]:
+        with OnnxRuntimeRunner(art.config, {IMAGE_GRAPH: graph}, threads=args.threads, cache_dir=False) as ort:
+            logits = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
+            return logits, measure(lambda: ort.infer(IMAGE_GRAPH, feeds[0]), lambda: None, 1, 1, 3).p50_ms
+
+    reference, ort_ms = run(image_graph)
+    model, _ = cpu_identity()
+    report = {"export": str(args.export), "preset": art.config.preset, "cpu": model, "threads": args.threads,
+              "calibration": calibration.to_dict(), "validation": {"source": source, "images": names},
+              "ort_fp32_ms": round(ort_ms, 1), "variants": {}}
+    print(f"{art.config.preset}: ORT FP32 image graph {ort_ms:.0f} ms; {model}", flush=True)
+    for name in chosen:
+        with tempfile.TemporaryDirectory(prefix="lga-static-") as scratch:
+            entry = quantize_static_int8(image_graph, Path(scratch) / "q.onnx", calibration, settings[name])
+            logits, ms = run(Path(scratch) / "q.onnx")
+        parity = compare(reference, logits, names, masks=True)
+        report["variants"][name] = {"excluded_scopes": list(settings[name].exclude_scopes),
+                                    "excluded_nodes": len(entry["excluded_nodes"]), "ms": round(ms, 1),
+                                    "vs_ort_fp32": round(ms / ort_ms, 3), "worst": round(parity.dice_worst, 4),
+                                    "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4)}
+        print(f"  {name:18s} worst {parity.dice_worst:.4f} mean {parity.dice_mean:.4f}; {ms:.0f} ms = "
+              f"{ms / ort_ms:.2f}x ORT FP32; {len(entry['excluded_nodes'])} nodes FP32", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
