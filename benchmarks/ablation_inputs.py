@@ -1,11 +1,14 @@
 """What every graph ablation script starts from: an export's FP32 graphs and validation feeds.
 
-The ablations (int8_dynamic_ablation, ov_int8_ablation, ov_bf16_agreement) each compare variants
-of the FP32 image graph on the same validation images; this opens the export once, the same way.
+The ablations (int8_dynamic_ablation, int8_static_ablation, ov_int8_ablation, ov_bf16_agreement)
+each compare variants of the FP32 image graph on the same validation images; this opens the export
+once, the same way, and gives the variant scripts one command line and one way to write figures.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -42,3 +45,32 @@ def ablation_inputs(export: Path, count: int, data: Path | None) -> AblationInpu
     samples, source = validation_samples(count, data)
     feeds = image_graph_feeds(art.config, text_graph, art.tokenizer_dir, [(s.rgb, s.text) for s in samples])
     return AblationInputs(art, text_graph, image_graph, [s.name for s in samples], source, feeds)
+
+
+def variant_arguments(doc: str, variant_names, *, val: int = 8, data_required: bool = False,
+                      calibration: int | None = None) -> argparse.Namespace:
+    """The variant ablations' command line (EXPORT --data --val --threads --variants --out, and
+    --calibration when `calibration` is a default count), with the chosen variants checked; the
+    names chosen are in `args.chosen`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("export", type=Path)
+    parser.add_argument("--data", type=Path, required=data_required, default=None)
+    if calibration is not None:
+        parser.add_argument("--calibration", type=int, default=calibration)
+    parser.add_argument("--val", type=int, default=val)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(variant_names))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    args.chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.chosen if v not in variant_names]
+    if unknown or args.val < 1 or (calibration is not None and args.calibration < 1):
+        parser.error(f"unknown variants {unknown} (choose from {list(variant_names)}), or a count below 1")
+    return args
+
+
+def write_report(out: Path | None, report: dict) -> None:
+    """The figures as JSON at `out` (nothing without one)."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, default=list))

@@ -13,8 +13,6 @@ batch 1, median of 3 after one warm-up. Prints one line per variant, writes JSON
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation_inputs import ablation_inputs  # noqa: E402
+from ablation_inputs import ablation_inputs, variant_arguments, write_report  # noqa: E402
 
 from lga_export.bench.timing import measure  # noqa: E402
 from lga_export.contract import IMAGE_GRAPH  # noqa: E402
@@ -57,18 +55,8 @@ VARIANTS.update({f"per-channel+{name}": (scopes, attention, True)  # per channel
 def main() -> int:
     import onnx
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("export", type=Path)
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--val", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in chosen if v not in VARIANTS]
-    if unknown or args.val < 1:
-        parser.error(f"unknown variants {unknown} (choose from {list(VARIANTS)}), or --val below 1")
+    args = variant_arguments(__doc__, tuple(VARIANTS))
+    chosen = args.chosen
 
     inputs = ablation_inputs(args.export, args.val, args.data)
     if inputs is None:
@@ -105,9 +93,7 @@ def main() -> int:
             "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4), "per_image": [round(float(d), 4) for d in parity.per_sample_dice]}
         print(f"  {name:18s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32; agreement worst {parity.dice_worst:.4f} "
               f"mean {parity.dice_mean:.4f}; {len(excluded)} nodes FP32", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     return 0
 
 

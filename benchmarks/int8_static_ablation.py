@@ -12,8 +12,6 @@ stage variants name TinyViT's `layers.N` (lite); on SAM-ViT they match nothing.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from dataclasses import replace
@@ -23,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation_inputs import ablation_inputs  # noqa: E402
+from ablation_inputs import ablation_inputs, variant_arguments, write_report  # noqa: E402
 
 from lga_export.bench.timing import measure  # noqa: E402
 from lga_export.contract import IMAGE_GRAPH  # noqa: E402
@@ -52,18 +50,8 @@ def variants(product: StaticSettings) -> dict[str, StaticSettings]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("export", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--calibration", type=int, default=32)
-    parser.add_argument("--val", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default=",".join(NAMES))
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if [v for v in chosen if v not in NAMES] or args.calibration < 1 or args.val < 1:
-        parser.error(f"variants must be among {list(NAMES)} and counts at least 1")
+    args = variant_arguments(__doc__, NAMES, data_required=True, calibration=32)
+    chosen = args.chosen
     inputs = ablation_inputs(args.export, args.val, args.data)
     if inputs is None:
         return 2
@@ -93,9 +81,7 @@ def main() -> int:
                                     "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4)}
         print(f"  {name:18s} worst {parity.dice_worst:.4f} mean {parity.dice_mean:.4f}; {ms:.0f} ms = "
               f"{ms / ort_ms:.2f}x ORT FP32; {len(entry['excluded_nodes'])} nodes FP32", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     return 0
 
 

@@ -21,7 +21,6 @@ initialized"), and marking every op of a scope does too.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -69,7 +68,7 @@ def main() -> int:
     import onnx
     import openvino as ov
 
-    from ablation_inputs import ablation_inputs
+    from ablation_inputs import ablation_inputs, write_report
     from lga_export.bench.timing import measure
     from lga_export.export.kept_nodes import node_scopes
     from lga_export.runtime.host import cpu_identity
@@ -122,9 +121,7 @@ def main() -> int:
         print(f"ov bf16 (FP32 kept: {pattern or 'none'}; {marked} layers marked, {layers}): image graph {ms:.1f} ms, "
               f"worst {min(agree):.4f}, mean {np.mean(agree):.4f}, per image {[round(a, 3) for a in agree]}",
               flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     return 0
 
 

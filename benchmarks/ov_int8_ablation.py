@@ -14,8 +14,6 @@ and writes the figures as JSON. Needs the int8 extra; vit_b needs about 7 GB per
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from dataclasses import replace
@@ -25,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation_inputs import ablation_inputs  # noqa: E402
+from ablation_inputs import ablation_inputs, variant_arguments, write_report  # noqa: E402
 
 from lga_export.bench.timing import measure  # noqa: E402
 from lga_export.config import get_preset  # noqa: E402
@@ -88,19 +86,8 @@ def median_latency(run, repeats: int = 3) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("export", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--calibration", type=int, default=32)
-    parser.add_argument("--val", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default=",".join(VARIANT_NAMES))
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in chosen if v not in VARIANT_NAMES]
-    if unknown or args.calibration < 1 or args.val < 1:
-        parser.error(f"unknown variants {unknown} (choose from {list(VARIANT_NAMES)}), or a count below 1")
+    args = variant_arguments(__doc__, VARIANT_NAMES, val=16, data_required=True, calibration=32)
+    chosen = args.chosen
 
     inputs = ablation_inputs(args.export, args.val, args.data)
     if inputs is None:
@@ -137,9 +124,7 @@ def main() -> int:
         print(f"  {name:30s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32, {ms / ov_fp32_ms:.3f}x OV FP32; agreement worst {parity.dice_worst:.4f} "
               f"mean {parity.dice_mean:.4f}; {len(done['excluded_nodes'])} nodes FP32; NNCF {done['seconds']:.0f} s",
               flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=list))
+    write_report(args.out, report)
     return 0
 
 
