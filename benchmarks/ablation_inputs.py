@@ -74,3 +74,14 @@ def write_report(out: Path | None, report: dict) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2, default=list))
+
+
+def ort_masks_and_latency(config, graph: Path, feeds: list[dict[str, np.ndarray]], threads: int) -> tuple[np.ndarray, float]:
+    """Mask logits of every feed through the image graph `graph` on ONNX Runtime, and the median
+    latency (ms) of the first feed over 3 runs after one warm-up."""
+    from lga_export.bench.timing import measure
+    from lga_export.runtime.ort_runner import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(config, {IMAGE_GRAPH: graph}, threads=threads, cache_dir=False) as ort:
+        logits = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
+        return logits, measure(lambda: ort.infer(IMAGE_GRAPH, feeds[0]), lambda: None, 1, 1, 3).p50_ms

@@ -22,15 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation_inputs import ablation_inputs, variant_arguments, write_report  # noqa: E402
+from ablation_inputs import ablation_inputs, ort_masks_and_latency, variant_arguments, write_report  # noqa: E402
 
-from lga_export.bench.timing import measure  # noqa: E402
-from lga_export.contract import IMAGE_GRAPH  # noqa: E402
 from lga_export.export.kept_nodes import kept_fp32_nodes  # noqa: E402
 from lga_export.export.quantize import QUANTIZED_OPS, quantize_dynamic_int8  # noqa: E402
 from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
-from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
 from lga_export.verify.parity import compare  # noqa: E402
 
 # variant -> (module-path patterns kept FP32, keep attention's activation products, per channel)
@@ -65,10 +62,7 @@ def main() -> int:
     graph = onnx.load(str(fp32_image_graph), load_external_data=False)
 
     def run_image_graph(graph_file: Path) -> tuple[np.ndarray, float]:
-        """Mask logits of every feed and the median latency (ms) of the first, by ONNX Runtime."""
-        with OnnxRuntimeRunner(art.config, {IMAGE_GRAPH: graph_file}, threads=args.threads, cache_dir=False) as ort:
-            logits = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
-            return logits, measure(lambda: ort.infer(IMAGE_GRAPH, feeds[0]), lambda: None, 1, 1, 3).p50_ms
+        return ort_masks_and_latency(art.config, graph_file, feeds, args.threads)
 
     reference, ort_ms = run_image_graph(fp32_image_graph)
     model, flags = cpu_identity()

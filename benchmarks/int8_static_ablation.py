@@ -21,15 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation_inputs import ablation_inputs, variant_arguments, write_report  # noqa: E402
+from ablation_inputs import ablation_inputs, ort_masks_and_latency, variant_arguments, write_report  # noqa: E402
 
-from lga_export.bench.timing import measure  # noqa: E402
-from lga_export.contract import IMAGE_GRAPH  # noqa: E402
 from lga_export.export.calibration import calibration_set  # noqa: E402
 from lga_export.export.quantize import StaticSettings, quantize_static_int8, static_settings  # noqa: E402
 from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
-from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
 from lga_export.verify.parity import compare  # noqa: E402
 
 STAGES = r"^model\.image_encoder\.layers\.[{}]\."
@@ -60,9 +57,7 @@ def main() -> int:
     settings = variants(static_settings(art.config))
 
     def run(graph: Path) -> tuple[np.ndarray, float]:
-        with OnnxRuntimeRunner(art.config, {IMAGE_GRAPH: graph}, threads=args.threads, cache_dir=False) as ort:
-            logits = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
-            return logits, measure(lambda: ort.infer(IMAGE_GRAPH, feeds[0]), lambda: None, 1, 1, 3).p50_ms
+        return ort_masks_and_latency(art.config, graph, feeds, args.threads)
 
     reference, ort_ms = run(image_graph)
     model, _ = cpu_identity()
