@@ -64,8 +64,10 @@ def variant_arguments(doc: str, variant_names, *, val: int = 8, data_required: b
     args = parser.parse_args()
     args.chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.chosen if v not in variant_names]
-    if unknown or args.val < 1 or (calibration is not None and args.calibration < 1):
-        parser.error(f"unknown variants {unknown} (choose from {list(variant_names)}), or a count below 1")
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(variant_names)}")
+    if args.val < 1 or (calibration is not None and args.calibration < 1):
+        parser.error("--val and --calibration need at least 1 image")
     return args
 
 
