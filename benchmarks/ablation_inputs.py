@@ -67,7 +67,7 @@ def variant_arguments(doc: str, variant_names, *, val: int = 8, data_required: b
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(variant_names)}")
     if args.val < 1 or (calibration is not None and args.calibration < 1):
-        parser.error("--val and --calibration need at least 1 image")
+        parser.error("--val" + (" and --calibration need" if calibration is not None else " needs") + " at least 1 image")
     return args
 
 
