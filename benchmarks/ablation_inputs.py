@@ -87,3 +87,15 @@ def ort_masks_and_latency(config, graph: Path, feeds: list[dict[str, np.ndarray]
     with OnnxRuntimeRunner(config, {IMAGE_GRAPH: graph}, threads=threads, cache_dir=False) as ort:
         logits = np.concatenate([ort.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
         return logits, measure(lambda: ort.infer(IMAGE_GRAPH, feeds[0]), lambda: None, 1, 1, 3).p50_ms
+
+
+def variant_figures(reference: np.ndarray, candidate: np.ndarray, names: list[str], ms: float,
+                    ort_ms: float) -> dict:
+    """What every variant row records: its latency against ONNX Runtime FP32's and the worst and
+    mean mask agreement of its logits with the reference's, per image too."""
+    from lga_export.verify.parity import compare
+
+    parity = compare(reference, candidate, names, masks=True)
+    return {"ms": round(ms, 1), "vs_ort_fp32": round(ms / ort_ms, 3), "worst": round(parity.dice_worst, 4),
+            "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4),
+            "per_image": [round(float(d), 4) for d in parity.per_sample_dice]}

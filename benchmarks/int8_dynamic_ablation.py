@@ -22,13 +22,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation_inputs import ablation_inputs, ort_masks_and_latency, variant_arguments, write_report  # noqa: E402
+from ablation_inputs import (ablation_inputs, ort_masks_and_latency, variant_arguments, variant_figures,  # noqa: E402
+                             write_report)
 
 from lga_export.export.kept_nodes import kept_fp32_nodes  # noqa: E402
 from lga_export.export.quantize import QUANTIZED_OPS, quantize_dynamic_int8  # noqa: E402
 from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
-from lga_export.verify.parity import compare  # noqa: E402
 
 # variant -> (module-path patterns kept FP32, keep attention's activation products, per channel)
 VARIANTS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
@@ -79,14 +79,12 @@ def main() -> int:
             quantize_dynamic_int8(fp32_image_graph, target, exclude_nodes=excluded, per_channel=VARIANTS[name][2])
             seconds = time.perf_counter() - start
             output, ms = run_image_graph(target)
-        parity = compare(reference, output, names, masks=True)
-        report["variants"][name] = {
-            "kept_fp32": list(VARIANTS[name][0]), "attention_fp32": VARIANTS[name][1],
-            "per_channel": VARIANTS[name][2], "excluded_nodes": len(excluded), "quantize_s": round(seconds, 1),
-            "ms": round(ms, 1), "vs_ort_fp32": round(ms / ort_ms, 3), "worst": round(parity.dice_worst, 4),
-            "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4), "per_image": [round(float(d), 4) for d in parity.per_sample_dice]}
-        print(f"  {name:18s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32; agreement worst {parity.dice_worst:.4f} "
-              f"mean {parity.dice_mean:.4f}; {len(excluded)} nodes FP32", flush=True)
+        row = {"kept_fp32": list(VARIANTS[name][0]), "attention_fp32": VARIANTS[name][1],
+               "per_channel": VARIANTS[name][2], "excluded_nodes": len(excluded), "quantize_s": round(seconds, 1),
+               **variant_figures(reference, output, names, ms, ort_ms)}
+        report["variants"][name] = row
+        print(f"  {name:18s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32; agreement worst {row['worst']:.4f} "
+              f"mean {row['mean']:.4f}; {len(excluded)} nodes FP32", flush=True)
     write_report(args.out, report)
     return 0
 

@@ -21,13 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation_inputs import ablation_inputs, ort_masks_and_latency, variant_arguments, write_report  # noqa: E402
+from ablation_inputs import (ablation_inputs, ort_masks_and_latency, variant_arguments, variant_figures,  # noqa: E402
+                             write_report)
 
 from lga_export.export.calibration import calibration_set  # noqa: E402
 from lga_export.export.quantize import StaticSettings, quantize_static_int8, static_settings  # noqa: E402
 from lga_export.family_specs.spec import FFM_SCOPE  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
-from lga_export.verify.parity import compare  # noqa: E402
 
 STAGES = r"^model\.image_encoder\.layers\.[{}]\."
 NAMES = ("product", "without-stages", "+ffms", "+stages0-2", "+ffms+stages0-2", "+all-stages")
@@ -69,13 +69,11 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="lga-static-") as scratch:
             entry = quantize_static_int8(image_graph, Path(scratch) / "q.onnx", calibration, settings[name])
             logits, ms = run(Path(scratch) / "q.onnx")
-        parity = compare(reference, logits, names, masks=True)
-        report["variants"][name] = {"excluded_scopes": list(settings[name].exclude_scopes),
-                                    "excluded_nodes": len(entry["excluded_nodes"]), "ms": round(ms, 1),
-                                    "vs_ort_fp32": round(ms / ort_ms, 3), "worst": round(parity.dice_worst, 4),
-                                    "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4)}
-        print(f"  {name:18s} worst {parity.dice_worst:.4f} mean {parity.dice_mean:.4f}; {ms:.0f} ms = "
-              f"{ms / ort_ms:.2f}x ORT FP32; {len(entry['excluded_nodes'])} nodes FP32", flush=True)
+        row = {"excluded_scopes": list(settings[name].exclude_scopes), "excluded_nodes": len(entry["excluded_nodes"]),
+               **variant_figures(reference, logits, names, ms, ort_ms)}
+        report["variants"][name] = row
+        print(f"  {name:18s} worst {row['worst']:.4f} mean {row['mean']:.4f}; {ms:.0f} ms = "
+              f"{ms / ort_ms:.2f}x ORT FP32; {row['excluded_nodes']} nodes FP32", flush=True)
     write_report(args.out, report)
     return 0
 

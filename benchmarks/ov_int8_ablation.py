@@ -23,14 +23,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation_inputs import ablation_inputs, variant_arguments, write_report  # noqa: E402
+from ablation_inputs import ablation_inputs, variant_arguments, variant_figures, write_report  # noqa: E402
 
 from lga_export.bench.timing import measure  # noqa: E402
 from lga_export.config import get_preset  # noqa: E402
 from lga_export.export.calibration import calibration_set  # noqa: E402
 from lga_export.export.quantize_ov import OpenVinoInt8Settings, ov_int8_settings, quantize_openvino_int8  # noqa: E402
 from lga_export.contract import IMAGE_GRAPH, TEXT_GRAPH  # noqa: E402
-from lga_export.verify.parity import compare  # noqa: E402
 from lga_export.runtime.host import cpu_identity  # noqa: E402
 from lga_export.runtime.openvino_runner import OpenVinoRunner  # noqa: E402
 from lga_export.runtime.ort_runner import OnnxRuntimeRunner  # noqa: E402
@@ -116,13 +115,11 @@ def main() -> int:
                                 threads=args.threads, tokenizer_dir=art.tokenizer_dir, cache_dir=False) as ov:
                 output = np.concatenate([ov.infer(IMAGE_GRAPH, f)["mask_logits"] for f in feeds])
                 ms = median_latency(lambda: ov.infer(IMAGE_GRAPH, feeds[0])) * 1000
-        parity = compare(reference, output, names, masks=True)
         row = {"settings": vars(settings[name]), "quantize_s": done["seconds"], "excluded_nodes": len(done["excluded_nodes"]),
-               "ms": round(ms, 1), "vs_ort_fp32": round(ms / ort_ms, 3), "vs_ov_fp32": round(ms / ov_fp32_ms, 3), "worst": round(parity.dice_worst, 4),
-               "worst_sample": parity.worst_sample, "mean": round(parity.dice_mean, 4)}
+               "vs_ov_fp32": round(ms / ov_fp32_ms, 3), **variant_figures(reference, output, names, ms, ort_ms)}
         report["variants"][name] = row
-        print(f"  {name:30s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32, {ms / ov_fp32_ms:.3f}x OV FP32; agreement worst {parity.dice_worst:.4f} "
-              f"mean {parity.dice_mean:.4f}; {len(done['excluded_nodes'])} nodes FP32; NNCF {done['seconds']:.0f} s",
+        print(f"  {name:30s} {ms:7.0f} ms = {ms / ort_ms:.3f}x ORT FP32, {ms / ov_fp32_ms:.3f}x OV FP32; agreement worst "
+              f"{row['worst']:.4f} mean {row['mean']:.4f}; {row['excluded_nodes']} nodes FP32; NNCF {done['seconds']:.0f} s",
               flush=True)
     write_report(args.out, report)
     return 0
