@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation_inputs import (ablation_inputs, ort_masks_and_latency, variant_arguments, variant_figures,  # noqa: E402
@@ -61,10 +59,7 @@ def main() -> int:
     art, _, fp32_image_graph, names, source, feeds = inputs
     graph = onnx.load(str(fp32_image_graph), load_external_data=False)
 
-    def run_image_graph(graph_file: Path) -> tuple[np.ndarray, float]:
-        return ort_masks_and_latency(art.config, graph_file, feeds, args.threads)
-
-    reference, ort_ms = run_image_graph(fp32_image_graph)
+    reference, ort_ms = ort_masks_and_latency(art.config, fp32_image_graph, feeds, args.threads)
     model, flags = cpu_identity()
     report = {"export": str(args.export), "preset": art.config.preset, "cpu": model, "threads": args.threads,
               "vnni": [f for f in flags if "vnni" in f or "amx_int8" in f],
@@ -78,7 +73,7 @@ def main() -> int:
             start = time.perf_counter()
             quantize_dynamic_int8(fp32_image_graph, target, exclude_nodes=excluded, per_channel=VARIANTS[name][2])
             seconds = time.perf_counter() - start
-            output, ms = run_image_graph(target)
+            output, ms = ort_masks_and_latency(art.config, target, feeds, args.threads)
         row = {"kept_fp32": list(VARIANTS[name][0]), "attention_fp32": VARIANTS[name][1],
                "per_channel": VARIANTS[name][2], "excluded_nodes": len(excluded), "quantize_s": round(seconds, 1),
                **variant_figures(reference, output, names, ms, ort_ms)}

@@ -17,8 +17,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation_inputs import (ablation_inputs, ort_masks_and_latency, variant_arguments, variant_figures,  # noqa: E402
@@ -56,10 +54,7 @@ def main() -> int:
     calibration = calibration_set(art.config, text_graph, art.tokenizer_dir, args.calibration, args.data)
     settings = variants(static_settings(art.config))
 
-    def run(graph: Path) -> tuple[np.ndarray, float]:
-        return ort_masks_and_latency(art.config, graph, feeds, args.threads)
-
-    reference, ort_ms = run(image_graph)
+    reference, ort_ms = ort_masks_and_latency(art.config, image_graph, feeds, args.threads)
     model, _ = cpu_identity()
     report = {"export": str(args.export), "preset": art.config.preset, "cpu": model, "threads": args.threads,
               "calibration": calibration.to_dict(), "validation": {"source": source, "images": names},
@@ -68,7 +63,7 @@ def main() -> int:
     for name in chosen:
         with tempfile.TemporaryDirectory(prefix="lga-static-") as scratch:
             entry = quantize_static_int8(image_graph, Path(scratch) / "q.onnx", calibration, settings[name])
-            logits, ms = run(Path(scratch) / "q.onnx")
+            logits, ms = ort_masks_and_latency(art.config, Path(scratch) / "q.onnx", feeds, args.threads)
         row = {"excluded_scopes": list(settings[name].exclude_scopes), "excluded_nodes": len(entry["excluded_nodes"]),
                **variant_figures(reference, logits, names, ms, ort_ms)}
         report["variants"][name] = row

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from lga_export.errors import LGAError, one_line
 from lga_export.export.calibration import calibration_set
-from lga_export.export.kept_nodes import WEIGHTED_OPS, described_nodes, graph_structure, kept_fp32_nodes_in, node_scopes
+from lga_export.export.kept_nodes import WEIGHTED_OPS, described_nodes, graph_structure, kept_fp32_nodes, node_scopes
 from lga_export.family_specs import spec_of
 
 OPENVINO_WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
@@ -82,9 +82,10 @@ def nncf_modules():
     return nncf, ov
 
 
-def excluded_nodes(source: Path, settings: OpenVinoInt8Settings) -> list[str]:
-    """ONNX node names kept FP32 (OpenVINO keeps them as its operations' friendly names)."""
-    return kept_fp32_nodes_in(source, settings.exclude_scopes, settings.weight_matmuls_only, WEIGHTED_OPS)
+def excluded_nodes(structure, settings: OpenVinoInt8Settings) -> list[str]:
+    """ONNX node names of the graph `structure` (`graph_structure`) kept FP32; `openvino_names`
+    finds the OpenVINO operations they became."""
+    return kept_fp32_nodes(structure, settings.exclude_scopes, settings.weight_matmuls_only, WEIGHTED_OPS)
 
 
 def openvino_names(model, onnx_names: list[str]) -> list[str]:
@@ -118,7 +119,8 @@ def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any
     if not feeds:
         raise LGAError("OpenVINO INT8 needs at least one calibration image")
     nncf.set_log_level(logging.WARNING)  # its INFO lists every node it leaves alone, on stdout
-    ignored = excluded_nodes(source, settings)
+    structure = graph_structure(source)
+    ignored = excluded_nodes(structure, settings)
     model = ov.Core().read_model(str(source))
     ignored_ops = openvino_names(model, ignored)
     with_batch(model, 1)
@@ -139,7 +141,7 @@ def quantize_openvino_int8(source: Path, target: Path, feeds: list[dict[str, Any
     with_batch(quantized, None)
     ov.save_model(quantized, str(target), compress_to_fp16=False)  # ignored layers keep FP32 weights
     return {"seconds": round(seconds, 1), "nncf": nncf.__version__,
-            "excluded_nodes": described_nodes(ignored, node_scopes(graph_structure(source))),
+            "excluded_nodes": described_nodes(ignored, node_scopes(structure)),
             "excluded_openvino_ops": ignored_ops,
             "openvino": ov.get_version().split("-")[0]}
 
